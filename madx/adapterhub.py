@@ -61,7 +61,8 @@ def _bn_settings(raw: Any, where: Path) -> dict[str, Any]:
     if isinstance(raw, str):
         if raw not in NAMED_CONFIGS:
             raise ArtifactError(f"{where}: adapter config {raw!r} is not a MAD-X config; supported: {sorted(NAMED_CONFIGS)}")
-        return {**REQUIRED, "reduction_factor": 16, "non_linearity": "relu", "leave_out": [],
+        # named configs: reduction factor comes from the tensor shapes
+        return {**REQUIRED, "non_linearity": "relu", "leave_out": [],
                 "inv_adapter_reduction_factor": 2, **NAMED_CONFIGS[raw]}
     if not isinstance(raw, dict):
         raise ArtifactError(f"{where}: 'config' must be a name or an object, got {raw!r}")

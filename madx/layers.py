@@ -36,6 +36,8 @@ class Bottleneck(nn.Module):
         d = cfg.bottleneck_size(hidden_size)
         self.down = nn.Linear(hidden_size, d)
         self.act = activation(cfg.non_linearity)
+        if isinstance(self.act, nn.ReLU):
+            self.act.inplace = True  # acts on the fresh down-projection output; autograd-safe
         self.up = nn.Linear(d, hidden_size)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, T, H) -> (N, T, H)
@@ -108,8 +110,9 @@ class TaskAdapter(nn.Module):
         self.head = TaskHead(hidden_size, head, dropout)
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor,
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
                      dropout_p: float = 0.0) -> torch.Tensor:
-    """q, k, v: (B, heads, T, d); keep: (B, T) bool, True for real tokens -> (B, heads, T, d)."""
-    mask = keep[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+    """q, k, v: (B, heads, T, d); keep: (B, T) bool, True for real tokens, or None when there is
+    no padding (lets SDPA take its unmasked kernel) -> (B, heads, T, d)."""
+    mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

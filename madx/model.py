@@ -29,23 +29,36 @@ class UnknownAdapterError(KeyError):
 
 @dataclass(frozen=True)
 class Group:
-    """Rows of a batch that apply the same adapter at one stack position."""
+    """Rows of a batch that share one adapter (used for heads, in original row order)."""
 
     name: str
     rows: torch.Tensor | None  # (n,) long row indices, None = every row of the batch
 
 
 @dataclass(frozen=True)
+class Run:
+    """A contiguous range [start, end) of the stack-sorted batch using one adapter (None = none)."""
+
+    name: str | None
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class StackPlan:
     """How a batch of per-row stacks maps to grouped adapter calls.
 
-    ``slots[k]`` holds one Group per distinct adapter found at stack position k (language
-    adapters at 0, task adapters at 1, or the task adapter at 0 for a row without language).
+    The encoder works on the batch sorted by stack (``order``; None when already sorted) so that
+    rows sharing an adapter are contiguous: ``slots[k]`` covers the sorted batch with Runs of the
+    adapter found at stack position k of each row (language adapters at 0, task adapters at 1, or
+    the task adapter at 0 for a row without language). Heads use ``heads`` in original row order.
     """
 
     stacks: tuple[AdapterStack, ...]
-    slots: tuple[tuple[Group, ...], ...]
-    invertible: tuple[Group, ...]
+    order: torch.Tensor | None  # (B,) sorted position -> original row
+    inverse: torch.Tensor | None  # (B,) original row -> sorted position
+    slots: tuple[tuple[Run, ...], ...]
+    invertible: tuple[Run, ...]
     heads: tuple[Group, ...]
 
 
@@ -57,6 +70,26 @@ def _group(names: Sequence[str | None], device: torch.device) -> tuple[Group, ..
     if len(rows) == 1 and len(next(iter(rows.values()))) == len(names):
         return (Group(next(iter(rows)), None),)
     return tuple(Group(n, torch.tensor(r, dtype=torch.long, device=device)) for n, r in rows.items())
+
+
+def _runs(names: Sequence[str | None]) -> tuple[Run, ...]:
+    runs: list[Run] = []
+    for i, n in enumerate(names):
+        if runs and runs[-1].name == n:
+            runs[-1] = Run(n, runs[-1].start, i + 1)
+        else:
+            runs.append(Run(n, i, i + 1))
+    return tuple(runs)
+
+
+def _apply_runs(h: torch.Tensor, runs: tuple[Run, ...], fn, with_range: bool = False) -> torch.Tensor:
+    """Apply ``fn(name, rows)`` to each contiguous run with an adapter; rows without pass through."""
+    def call(run: Run, hs: torch.Tensor) -> torch.Tensor:
+        return fn(run.name, hs, run.start, run.end) if with_range else fn(run.name, hs)
+
+    if len(runs) == 1:
+        return h if runs[0].name is None else call(runs[0], h)
+    return torch.cat([h[r.start:r.end] if r.name is None else call(r, h[r.start:r.end]) for r in runs])
 
 
 class MadxModel(nn.Module):
@@ -131,16 +164,20 @@ class MadxModel(nn.Module):
             if s.task is not None:
                 self._require(s.task, "task")
         device = next(self.backbone.parameters()).device
+        perm = sorted(range(len(stacks)), key=lambda i: tuple(a or "" for a in (stacks[i].language, stacks[i].task)))
+        srt = [stacks[i] for i in perm]
+        order = inverse = None
+        if perm != list(range(len(stacks))):
+            order = torch.tensor(perm, dtype=torch.long, device=device)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(perm), device=device)
         depth = max((len(s.adapters) for s in stacks), default=0)
-        slots = tuple(
-            _group([s.adapters[k] if k < len(s.adapters) else None for s in stacks], device)
-            for k in range(depth)
-        )
-        inv_names = [
+        slots = tuple(_runs([s.adapters[k] if k < len(s.adapters) else None for s in srt]) for k in range(depth))
+        inv = _runs([
             s.adapters[0] if s.adapters and self.adapters[s.adapters[0]].invertible is not None else None
-            for s in stacks
-        ]
-        return StackPlan(stacks, slots, _group(inv_names, device), _group([s.task for s in stacks], device))
+            for s in srt
+        ])
+        return StackPlan(stacks, order, inverse, slots, inv, _group([s.task for s in stacks], device))
 
     # ------------------------------------------------------------------ forward
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -156,26 +193,29 @@ class MadxModel(nn.Module):
             )
         keep = attention_mask.bool()
         h = self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        if plan.order is not None:  # work on the stack-sorted batch, restore the order at the end
+            h, keep = h.index_select(0, plan.order), keep.index_select(0, plan.order)
         h = self._apply_invertible(h, plan, reverse=False)
+        keep = None if bool(keep.all()) else keep  # no padding: unmasked attention kernel
         for li, layer in enumerate(self.backbone.encoder.layer):
             h = self._layer(layer, li, h, keep, plan)
-        return h
+        return h if plan.inverse is None else h.index_select(0, plan.inverse)
 
     def _apply_invertible(self, h: torch.Tensor, plan: StackPlan, reverse: bool) -> torch.Tensor:
-        for g in plan.invertible:
-            inv = self.adapters[g.name].invertible
-            if g.rows is None:
-                h = inv(h, reverse=reverse)
-            else:
-                h = h.index_copy(0, g.rows, inv(h.index_select(0, g.rows), reverse=reverse))
-        return h
+        """h is in stack-sorted order."""
+        return _apply_runs(h, plan.invertible, lambda name, hs: self.adapters[name].invertible(hs, reverse=reverse))
 
-    def invert(self, hidden: torch.Tensor, stacks: Sequence[AdapterStack] | StackPlan) -> torch.Tensor:
-        """Inverse invertible adapters, applied before a tied MLM output layer."""
+    def invertible(self, hidden: torch.Tensor, stacks: Sequence[AdapterStack] | StackPlan,
+                   reverse: bool = False) -> torch.Tensor:
+        """Each row's invertible adapter (rows in original order); ``reverse`` is its exact inverse,
+        applied before a tied MLM output layer."""
         plan = stacks if isinstance(stacks, StackPlan) else self.plan(stacks)
-        return self._apply_invertible(hidden, plan, reverse=True)
+        if plan.order is not None:
+            hidden = hidden.index_select(0, plan.order)
+        out = self._apply_invertible(hidden, plan, reverse=reverse)
+        return out if plan.inverse is None else out.index_select(0, plan.inverse)
 
-    def _layer(self, layer: nn.Module, li: int, h: torch.Tensor, keep: torch.Tensor,
+    def _layer(self, layer: nn.Module, li: int, h: torch.Tensor, keep: torch.Tensor | None,
                plan: StackPlan) -> torch.Tensor:
         B, T, H = h.shape
         sa, so = layer.attention.self, layer.attention.output
@@ -193,16 +233,16 @@ class MadxModel(nn.Module):
         ln = out.LayerNorm
         # Pfeiffer stack, exactly as AdapterHub's Stack: before each adapter the pretrained LN
         # sees (r + x); the adapter's residual is the un-normalised r; LN(r + x) closes the layer.
-        for slot in plan.slots:
-            for g in slot:
-                bn = self.adapters[g.name].layers[str(li)] if str(li) in self.adapters[g.name].layers else None
-                if bn is None:
-                    continue
-                if g.rows is None:
-                    r = r + bn(ln(r + x))
-                else:
-                    rs, xs = r.index_select(0, g.rows), x.index_select(0, g.rows)
-                    r = r.index_copy(0, g.rows, rs + bn(ln(rs + xs)))
+        key = str(li)
+
+        def step(name: str, rs: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            layers = self.adapters[name].layers
+            if key not in layers:  # leave_out
+                return rs
+            return rs + layers[key](ln(rs + x[start:end]))
+
+        for runs in plan.slots:
+            r = _apply_runs(r, runs, step, with_range=True)
         return ln(r + x)
 
     # ------------------------------------------------------------------ heads
