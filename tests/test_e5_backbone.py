@@ -84,3 +84,23 @@ def test_mixed_stacks_on_e5_equal_per_row(e5):
             assert (logits[i][:n] - l1[0]).abs().max() <= TOL
     for name in ("sw", "yo", "de", "ner"):
         m.remove_adapter(name)
+
+
+def test_any_local_hf_directory_loads_as_backbone(tmp_path):
+    """The path users with internet take (`xlm-roberta-base`), exercised offline with a local dir."""
+    from madx.backbone import load_backbone, tiny_backbone, xlmr_tokenizer
+    from madx.config import AdapterStack
+    from madx.model import MadxModel
+
+    src = tiny_backbone("xlm-roberta", seed=1, vocab_size=250002)
+    src.model.save_pretrained(tmp_path)
+    xlmr_tokenizer().save_pretrained(tmp_path)
+    bb = load_backbone(str(tmp_path))
+    assert bb.name == str(tmp_path) and bb.model.config.model_type == "xlm-roberta"
+    m = MadxModel(bb.model, bb.name).eval()
+    enc = bb.tokenizer(["Habari ya asubuhi", "Guten Morgen, Berlin"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = m.encode(enc.input_ids, enc.attention_mask, [AdapterStack()] * 2)
+        ref = src.model(**enc).last_hidden_state
+    keep = enc.attention_mask.bool()
+    assert (ours - ref)[keep].abs().max() <= 1e-5
