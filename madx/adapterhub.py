@@ -122,8 +122,8 @@ def import_adapterhub(model: MadxModel, src: str | Path, name: str | None = None
     if not layers:
         raise ArtifactError(f"{d}: no bottleneck tensors found")
     leave_out = tuple(sorted(set(range(model.num_layers)) - set(layers)))
-    rf = float(model.hidden_size) / float(out[f"layers.{layers[0]}.down.weight"].shape[0])
-    rf = bn.get("reduction_factor", rf)
+    # named configs carry no reduction factor: derive it from the down-projection's shape
+    rf = bn.get("reduction_factor") or model.hidden_size / out[f"layers.{layers[0]}.down.weight"].shape[0]
     act = str(bn.get("non_linearity", "relu")).lower()
     target = name or hub_name
     if kind == "language":
@@ -177,8 +177,7 @@ def export_adapterhub(model: MadxModel, name: str, dest: str | Path, model_class
             "non_linearity": cfg.bottleneck.non_linearity, "leave_out": list(cfg.bottleneck.leave_out),
             "inv_adapter": "nice" if cfg.invertible else None,
             "inv_adapter_reduction_factor": cfg.invertible.reduction_factor if cfg.invertible else None,
-            "dropout": 0.0, "init_weights": "bert", "cross_adapter": False, "stochastic_depth": 0.0,
-            }
+            "dropout": 0.0, "init_weights": "bert", "cross_adapter": False, "stochastic_depth": 0.0}
     common = {"hidden_size": model.hidden_size, "model_class": model_class,
               "model_name": model.backbone_name, "model_type": model.backbone.config.model_type,
               "name": name, "version": "adapters.1.3.0"}

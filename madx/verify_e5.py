@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import AdapterStack
+
 SENTENCES = {
     "en": "The United Nations headquarters is in New York City.",
     "sw": "Makao makuu ya Umoja wa Mataifa yako katika jiji la New York.",
@@ -30,7 +32,7 @@ def compare_with_engine(sentences: dict[str, str] | None = None) -> list[dict]:
         ref = torch.from_numpy(engine.passage(text))  # (384,)
         enc = bb.tokenizer("passage: " + text, return_tensors="pt")
         with torch.no_grad():
-            h = model.encode(enc.input_ids, enc.attention_mask, [_empty()])  # (1, T, H)
+            h = model.encode(enc.input_ids, enc.attention_mask, [AdapterStack()])  # (1, T, H)
             hf = bb.model(**enc).last_hidden_state
         ours = torch.nn.functional.normalize(h[0].mean(0), dim=0)
         rows.append({
@@ -43,8 +45,3 @@ def compare_with_engine(sentences: dict[str, str] | None = None) -> list[dict]:
         })
     return rows
 
-
-def _empty():
-    from .config import AdapterStack
-
-    return AdapterStack()
