@@ -110,17 +110,17 @@ def read_squad(path: str | Path) -> list[QAExample]:
         for pi, para in enumerate(art.get("paragraphs", [])):
             ctx = para.get("context")
             if not isinstance(ctx, str):
-                raise DataError(f"{p}:{_line_of(text, 'context', ai, pi)}: data[{ai}].paragraphs[{pi}] has no context")
+                raise DataError(f"{p}:{_line_of(text, 'context')}: data[{ai}].paragraphs[{pi}] has no context")
             for qa in para.get("qas", []):
                 qid = str(qa.get("id", ""))
                 if not qid or not isinstance(qa.get("question"), str):
-                    raise DataError(f"{p}:{_line_of(text, qid or 'question', ai, pi)}: question without id or text "
+                    raise DataError(f"{p}:{_line_of(text, qid or 'question')}: question without id or text "
                                     f"in data[{ai}].paragraphs[{pi}]")
                 answers = []
                 for a in qa.get("answers", []):
                     start, atext = a.get("answer_start"), a.get("text")
                     if not isinstance(start, int) or not isinstance(atext, str) or ctx[start:start + len(atext)] != atext:
-                        raise DataError(f"{p}:{_line_of(text, qid, ai, pi)}: answer {atext!r} of question {qid!r} "
+                        raise DataError(f"{p}:{_line_of(text, qid)}: answer {atext!r} of question {qid!r} "
                                         f"is not at context[{start}:]")
                     answers.append((atext, start))
                 n = seen.get(qid, 0) + 1
@@ -129,7 +129,7 @@ def read_squad(path: str | Path) -> list[QAExample]:
     return out
 
 
-def _line_of(text: str, needle: str, ai: int, pi: int) -> int:
+def _line_of(text: str, needle: str) -> int:
     """Best-effort line number of the first occurrence of ``needle`` (for error messages)."""
     i = text.find(f'"{needle}"') if needle else -1
     return text.count("\n", 0, i) + 1 if i >= 0 else 1

@@ -31,9 +31,11 @@ def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence
         enc = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
         ids, wids = enc["input_ids"], enc.word_ids()
         first = [k == 0 or wids[k] != wids[k - 1] for k in range(len(ids))]  # first sub-word of a word
+        if not ids:
+            raise ValueError(f"sentence {si} has no tokens")
         # window boundaries at word starts, so a word's sub-words never straddle two windows
         start = 0
-        while start < len(ids) or (start == 0 and not ids):
+        while start < len(ids):
             end = min(start + room, len(ids))
             while end < len(ids) and end > start and wids[end] == wids[end - 1]:
                 end -= 1
@@ -46,8 +48,6 @@ def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence
                     if first[k]:
                         lab[k - start + 1] = labels[si][wids[k]]
             out.append(NerFeature([tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id], lab, w, si))
-            if not ids:
-                break
             start = end
     return out
 

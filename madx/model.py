@@ -82,14 +82,11 @@ def _runs(names: Sequence[str | None]) -> tuple[Run, ...]:
     return tuple(runs)
 
 
-def _apply_runs(h: torch.Tensor, runs: tuple[Run, ...], fn, with_range: bool = False) -> torch.Tensor:
-    """Apply ``fn(name, rows)`` to each contiguous run with an adapter; rows without pass through."""
-    def call(run: Run, hs: torch.Tensor) -> torch.Tensor:
-        return fn(run.name, hs, run.start, run.end) if with_range else fn(run.name, hs)
-
+def _apply_runs(h: torch.Tensor, runs: tuple[Run, ...], fn) -> torch.Tensor:
+    """Apply ``fn(run, rows)`` to each contiguous run with an adapter; rows without pass through."""
     if len(runs) == 1:
-        return h if runs[0].name is None else call(runs[0], h)
-    return torch.cat([h[r.start:r.end] if r.name is None else call(r, h[r.start:r.end]) for r in runs])
+        return h if runs[0].name is None else fn(runs[0], h)
+    return torch.cat([h[r.start:r.end] if r.name is None else fn(r, h[r.start:r.end]) for r in runs])
 
 
 class MadxModel(nn.Module):
@@ -203,7 +200,7 @@ class MadxModel(nn.Module):
 
     def _apply_invertible(self, h: torch.Tensor, plan: StackPlan, reverse: bool) -> torch.Tensor:
         """h is in stack-sorted order."""
-        return _apply_runs(h, plan.invertible, lambda name, hs: self.adapters[name].invertible(hs, reverse=reverse))
+        return _apply_runs(h, plan.invertible, lambda run, hs: self.adapters[run.name].invertible(hs, reverse=reverse))
 
     def invertible(self, hidden: torch.Tensor, stacks: Sequence[AdapterStack] | StackPlan,
                    reverse: bool = False) -> torch.Tensor:
@@ -235,14 +232,14 @@ class MadxModel(nn.Module):
         # sees (r + x); the adapter's residual is the un-normalised r; LN(r + x) closes the layer.
         key = str(li)
 
-        def step(name: str, rs: torch.Tensor, start: int, end: int) -> torch.Tensor:
-            layers = self.adapters[name].layers
+        def step(run: Run, rs: torch.Tensor) -> torch.Tensor:
+            layers = self.adapters[run.name].layers
             if key not in layers:  # leave_out
                 return rs
-            return rs + layers[key](ln(rs + x[start:end]))
+            return rs + layers[key](ln(rs + x[run.start:run.end]))
 
         for runs in plan.slots:
-            r = _apply_runs(r, runs, step, with_range=True)
+            r = _apply_runs(r, runs, step)
         return ln(r + x)
 
     # ------------------------------------------------------------------ heads

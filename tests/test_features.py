@@ -59,3 +59,8 @@ def test_qa_windows_cover_the_context_and_find_the_answer(tok, max_len, stride):
         assert context[a:b].strip() == "1963"
     if max_len == 48:
         assert len(wins) > 1
+
+
+def test_empty_sentence_is_a_clear_error(tok):
+    with pytest.raises(ValueError, match="sentence 1 has no tokens"):
+        ner_features(tok, [["ok"], []], None, max_len=16)
