@@ -9,7 +9,7 @@ test:
 	$(PY) -m pytest -q tests
 
 lint:
-	$(PY) -m ruff check madx tests benchmarks
+	$(PY) -m ruff check madx serving tests benchmarks scripts
 
 verify-e5:
 	$(PY) -m madx.cli verify-e5
@@ -18,4 +18,4 @@ bench:
 	$(PY) benchmarks/bench_stacks.py --batch 32 --seq 128 --stacks 16 --repeats 7
 
 serve:
-	@echo "serving/ (Ray Serve app) is issue #4 and not built yet; 'make bench' runs the embedded backbone" && exit 2
+	.venv/bin/madx-serve

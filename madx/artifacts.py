@@ -81,14 +81,16 @@ def sha256_file(path: Path) -> str:
 
 
 def save_adapter(model: MadxModel, name: str, directory: str | Path,
-                 training: dict[str, Any] | None = None) -> Path:
-    """Write one loaded adapter as an artifact directory (atomic per file)."""
+                 training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write one loaded adapter as an artifact directory (atomic per file). ``dtype`` (e.g.
+    float16 for shipped defaults) only changes storage; loading casts to the model's dtype."""
     cfg = model._require(name)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     meta = {"format": ARTIFACT_FORMAT, **config_to_json(cfg), "backbone": backbone_identity(model),
             "training": training or {}}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.adapters[name].state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
+               for k, v in model.adapters[name].state_dict().items()}
     _atomic(d / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": ARTIFACT_FORMAT}))
     _atomic(d / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
     return d
@@ -217,9 +219,9 @@ def add_to_store(store: str | Path, artifact_dir: str | Path, extra: dict[str, A
     return entry
 
 
-def save_to_store(model: MadxModel, name: str, store: str | Path,
-                  training: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
-    art = save_adapter(model, name, Path(store) / name, training)
+def save_to_store(model: MadxModel, name: str, store: str | Path, training: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> dict:
+    art = save_adapter(model, name, Path(store) / name, training, dtype)
     return add_to_store(store, art, extra)
 
 

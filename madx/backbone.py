@@ -132,6 +132,14 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
     if name == DEFAULT_BACKBONE:
         return load_e5_small()
     if name.startswith("tiny-"):
-        family, _, seed = name[len("tiny-"):].rpartition("-")
-        return tiny_backbone(family, int(seed) if seed.isdigit() else 0)
+        # "tiny-bert-0": ids only; "tiny-xlmr-0+xlmr": XLM-R tokenizer and vocabulary (for CLI tests)
+        spec, plus, tok = name[len("tiny-"):].partition("+")
+        family, _, seed = spec.rpartition("-")
+        if plus and tok != "xlmr":
+            raise ValueError(f"backbone {name!r}: only '+xlmr' can follow a tiny backbone")
+        if not plus:
+            return tiny_backbone(family, int(seed) if seed.isdigit() else 0)
+        t = xlmr_tokenizer()
+        bb = tiny_backbone(family, int(seed) if seed.isdigit() else 0, vocab_size=len(t), max_positions=130)
+        return Backbone(bb.model, t, name)
     return load_hf(name)

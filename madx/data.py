@@ -5,8 +5,10 @@ Every reader fails with ``DataError`` naming the file and line: ``path:line: wha
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +99,14 @@ def read_squad(path: str | Path) -> list[QAExample]:
     """SQuAD v1.1-format JSON (SQuAD, XQuAD, MLQA, TyDiQA-GoldP). Duplicate ids are re-keyed
     ``id#2``, ``id#3`` ... (TyDiQA-GoldP train reuses small integers)."""
     p = _open(path)
-    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".zip":  # SQuAD dev ships zipped: exactly one .json member
+        with zipfile.ZipFile(p) as z:
+            members = [n for n in z.namelist() if n.endswith(".json")]
+            if len(members) != 1:
+                raise DataError(f"{p}:1: expected one .json member in the zip, found {members}")
+            text = z.read(members[0]).decode("utf-8")
+    else:
+        text = p.read_text(encoding="utf-8")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -139,17 +148,28 @@ def normalise_sentence(s: str) -> str:
     return re.sub(r"\W+", " ", s.casefold()).strip()
 
 
+SEG = re.compile(r"<seg[^>]*>(.*?)</seg>", re.S)
+
+
 def read_text(path: str | Path, exclude: set[str] | None = None, min_chars: int = 1) -> list[str]:
-    """Plain text, one sentence or paragraph per line. Lines whose normalised form is in
-    ``exclude`` (e.g. evaluation test sentences) are dropped, so MLM never sees test text."""
+    """Plain text, one sentence or paragraph per line; ``id<TAB>sentence`` lines (BUCC) keep the
+    last column; ``.xml`` files (CES Bible corpus) yield their ``<seg>`` elements. Lines whose
+    normalised form is in ``exclude`` (e.g. evaluation test sentences) are dropped, so MLM never
+    sees test text."""
     p = _open(path)
-    out = []
     try:
-        with open(p, encoding="utf-8") as f:
-            for line in f:
-                s = line.strip()
-                if len(s) >= min_chars and not (exclude and normalise_sentence(s) in exclude):
-                    out.append(s)
+        raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if p.suffix == ".xml":
+        lines = [html.unescape(m.group(1)) for m in SEG.finditer(raw)]
+        if not lines:
+            raise DataError(f"{p}:1: XML file without <seg> elements")
+    else:
+        lines = [ln.rsplit("\t", 1)[-1] for ln in raw.splitlines()]
+    out = []
+    for line in lines:
+        s = " ".join(line.split())
+        if len(s) >= min_chars and not (exclude and normalise_sentence(s) in exclude):
+            out.append(s)
     return out

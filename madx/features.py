@@ -68,7 +68,7 @@ def qa_windows(tokenizer, question: str, context: str, max_len: int = 384, strid
     windows = []
     for i, ids in enumerate(enc["input_ids"]):
         seq = enc.sequence_ids(i)
-        offs = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][i], seq, strict=True)]
+        offs = [_trim(context, *o) if s == 1 else None for o, s in zip(enc["offset_mapping"][i], seq, strict=True)]
         sp = ep = 0
         if answer is not None:
             a0, a1 = answer[1], answer[1] + len(answer[0])
@@ -77,3 +77,11 @@ def qa_windows(tokenizer, question: str, context: str, max_len: int = 384, strid
                 sp, ep = toks[0], toks[-1]
         windows.append(QaWindow(list(ids), offs, sp, ep))
     return windows
+
+
+def _trim(context: str, a: int, b: int) -> tuple[int, int]:
+    """A token's span without the whitespace its "▁" marker may cover, so answers never start
+    or end with a space."""
+    while a < b and context[a].isspace():
+        a += 1
+    return a, b

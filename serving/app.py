@@ -1,0 +1,263 @@
+"""The HTTP API (FastAPI), independent of Ray: ``build_app(backend, settings, metrics)``.
+
+``backend`` is either ``LocalBackend`` (an in-process Engine: tests, single process) or the Ray
+Serve backend in ``deployments.py`` (handles to the backbone and control deployments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import Overloaded
+from .engine import RequestError, check_ner_limits, check_qa_limits
+from .metrics import Metrics, merge
+from .schemas import AdaptersResponse, AdminLoad, ErrorBody, NerRequest, NerResponse, QaRequest, QaResponse
+from .settings import Settings
+
+log = logging.getLogger("madx.serving")
+ENDPOINTS = ["POST /v1/ner", "POST /v1/qa", "GET /v1/adapters", "GET /healthz", "GET /readyz", "GET /metrics",
+             "POST /admin/adapters/{name}/load", "DELETE /admin/adapters/{name}"]
+
+
+class Backend(Protocol):
+    async def ner(self, texts: list[str], language: str | None, return_tokens: bool) -> dict: ...
+    async def qa(self, question: str, context: str, language: str | None, top_k: int, max_answer_tokens: int) -> dict: ...
+    async def describe(self) -> dict: ...
+    async def ready(self) -> bool: ...
+    async def admin_load(self, name: str, path: str | None) -> dict: ...
+    async def admin_unload(self, name: str) -> dict: ...
+    async def metrics_texts(self) -> list[str]: ...
+
+
+class LocalBackend:
+    """One in-process Engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    async def ner(self, texts, language, return_tokens):
+        return await self.engine.ner(texts, language, return_tokens)
+
+    async def qa(self, question, context, language, top_k, max_answer_tokens):
+        return await self.engine.qa(question, context, language, top_k, max_answer_tokens)
+
+    async def describe(self):
+        return self.engine.describe()
+
+    async def ready(self):
+        return bool(self.engine.ready)
+
+    async def admin_load(self, name, path):
+        return await self.engine.admin_load(name, path)
+
+    async def admin_unload(self, name):
+        return await self.engine.admin_unload(name)
+
+    async def metrics_texts(self):
+        return []  # same process: the ingress registry already holds the engine's metrics
+
+
+def _checked(check, *check_args, then):
+    """Run a limits check at the ingress (before any work is queued), then the backend call."""
+    async def run(*args):
+        check(*check_args)
+        return await then(*args)
+    return run
+
+
+def _err(status: int, error: str, detail: Any = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=error, detail=detail).model_dump(), status_code=status, headers=headers)
+
+
+def _short(v: Any, n: int = 80) -> Any:
+    s = repr(v)
+    return v if len(s) <= n else s[:n] + "..."
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over ``limit`` bytes before anything parses them.
+    Content-Length is checked first; otherwise the streamed body is read (at most ``limit`` + one
+    chunk) and then replayed to the app."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        cl = headers.get(b"content-length")
+        too_large = _err(413, f"request body is over the limit of {self.limit} bytes (limits.max_body_bytes)")
+        if cl is not None and cl.isdigit() and int(cl) > self.limit:
+            return await too_large(scope, receive, send)
+        if cl is not None or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)  # the server enforces Content-Length itself
+        chunks, size = [], 0
+        while True:
+            m = await receive()
+            if m["type"] != "http.request":
+                break
+            chunks.append(m.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            if not m.get("more_body"):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class ApiKey:
+    """Pure ASGI middleware: with an API key configured, every path needs ``X-API-Key``
+    (constant-time compare). Admin paths need it always (403 when no key is configured)."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app, self.key = app, key.encode() if key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        admin = scope["path"].startswith("/admin")
+        if self.key is None:
+            if admin:
+                return await _err(403, "admin endpoints are disabled: no API key is configured (set MADX_API_KEY)")(
+                    scope, receive, send)
+            return await self.app(scope, receive, send)
+        got = dict(scope.get("headers") or []).get(b"x-api-key", b"")
+        if not hmac.compare_digest(got, self.key):
+            return await _err(401, "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})(
+                scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI:
+    app = FastAPI(title="madx-serve", version="0.1.0",
+                  description="MAD-X adapters over one frozen multilingual encoder: NER and extractive QA in many "
+                              "languages. Each request row gets its own (language, task) adapter stack; rows of "
+                              "different languages share one forward pass.")
+    retry = {"Retry-After": str(settings.retry_after_s)}
+
+    def observe(endpoint: str, status: int, t0: float, body: dict | None = None, task: str = "-") -> None:
+        lang = "-"
+        if body:
+            r = body["results"][0] if "results" in body and body["results"] else body
+            lang = (r.get("stack") or {}).get("language") or "none"
+        metrics.request_latency.labels(endpoint, lang, task, str(status)).observe(time.perf_counter() - t0)
+        metrics.requests.labels(endpoint, str(status)).inc()
+
+    async def call(endpoint: str, task: str, fn, *args) -> Any:
+        t0 = time.perf_counter()
+        try:
+            body = await asyncio.wait_for(fn(*args), settings.request_timeout_s)
+        except RequestError as e:
+            observe(endpoint, e.status, t0, task=task)
+            return _err(e.status, e.message)
+        except Overloaded as e:
+            observe(endpoint, 503, t0, task=task)
+            return _err(503, f"server is at capacity ({e}); retry after {settings.retry_after_s} s", headers=retry)
+        except TimeoutError:
+            observe(endpoint, 504, t0, task=task)
+            return _err(504, f"request did not finish within {settings.request_timeout_s} s (request_timeout_s)")
+        except Exception:  # noqa: BLE001 - logged with an id, never sent to the client
+            rid = uuid.uuid4().hex[:12]
+            log.exception("internal error %s on %s", rid, endpoint)
+            observe(endpoint, 500, t0, task=task)
+            return _err(500, f"internal error (id {rid}); the server log has the details")
+        observe(endpoint, 200, t0, body, task)
+        return body
+
+    @app.post("/v1/ner", response_model=NerResponse, responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                                                                503: {"model": ErrorBody}})
+    async def ner(req: NerRequest):
+        """Named entities with character offsets into the original text (word-level aggregation)."""
+        return await call("ner", "ner", _checked(check_ner_limits, settings.limits, req.all_texts, then=backend.ner),
+                          req.all_texts, req.language, req.return_tokens)
+
+    @app.post("/v1/qa", response_model=QaResponse, responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                                                              503: {"model": ErrorBody}})
+    async def qa(req: QaRequest):
+        """Extractive answers; long contexts are read in overlapping windows (nothing is truncated)."""
+        check = _checked(check_qa_limits, settings.limits, req.question, req.context, req.top_k, then=backend.qa)
+        return await call("qa", "qa", check, req.question, req.context, req.language, req.top_k, req.max_answer_tokens)
+
+    @app.get("/v1/adapters", response_model=AdaptersResponse)
+    async def adapters():
+        return await backend.describe()
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        try:
+            ok = await backend.ready()
+        except Exception:  # noqa: BLE001
+            ok = False
+        if not ok:
+            return _err(503, "backbone replicas are not ready", headers=retry)
+        return {"status": "ready"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prom():
+        texts = [metrics.text(), *await backend.metrics_texts()]
+        return PlainTextResponse(merge(texts), media_type="text/plain; version=0.0.4")
+
+    @app.post("/admin/adapters/{name}/load")
+    async def admin_load(name: str, body: AdminLoad | None = None):
+        """Serve an adapter (from the store, or from an artifact directory) without a restart."""
+        return await call("admin", "-", backend.admin_load, name, body.path if body else None)
+
+    @app.delete("/admin/adapters/{name}")
+    async def admin_unload(name: str):
+        return await call("admin", "-", backend.admin_unload, name)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            e = errs[0]
+            return _err(400, f"malformed JSON: {e.get('ctx', {}).get('error', e.get('msg'))}")
+        detail = [{"field": ".".join(str(x) for x in e["loc"] if x != "body") or "body", "rule": e["msg"],
+                   "got": _short(e.get("input"))} for e in errs]
+        first = detail[0]
+        return _err(422, f"invalid request: {first['field']}: {first['rule']} (got {first['got']!r})", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _err(404, f"no endpoint {request.method} {request.url.path}; endpoints: {', '.join(ENDPOINTS)}")
+        if exc.status_code == 405:
+            return _err(405, f"method {request.method} is not allowed on {request.url.path}")
+        return _err(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        rid = uuid.uuid4().hex[:12]
+        log.exception("internal error %s", rid)
+        return _err(500, f"internal error (id {rid}); the server log has the details")
+
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(ApiKey, key=key)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)  # outermost: before auth and parsing
+    return app
+

@@ -1,0 +1,137 @@
+"""Token-budget dynamic batching across requests, languages and tasks.
+
+Requests put their windows (token id lists, each with its own adapter stack) in one queue. A
+single worker takes what is queued (waiting at most ``max_wait_ms`` for more), sorts it by length
+and cuts it into forward passes of at most ``max_batch_tokens`` padded tokens and
+``max_batch_rows`` rows; one pass mixes any stacks. The model runs on one dedicated thread so the
+event loop keeps accepting requests. The queue is bounded: beyond ``max_queue_rows`` waiting
+windows a request is refused at once (``Overloaded`` -> HTTP 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from madx.config import AdapterStack
+
+from .metrics import Metrics
+
+
+class Overloaded(Exception):
+    pass
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    stack: AdapterStack
+    future: asyncio.Future
+
+
+RunFn = Callable[[list[list[int]], list[AdapterStack]], list[torch.Tensor]]
+
+
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Indices sorted by length, cut into consecutive batches whose padded size (rows x longest)
+    stays within ``max_tokens`` (a single longer row still gets its own batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and ((len(cur) + 1) * lengths[i] > max_tokens or len(cur) >= max_rows):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+class Batcher:
+    def __init__(self, run: RunFn, max_batch_tokens: int, max_batch_rows: int, max_wait_ms: float,
+                 max_queue_rows: int, metrics: Metrics) -> None:
+        self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
+        self.max_wait, self.max_queue, self.m = max_wait_ms / 1000, max_queue_rows, metrics
+        self.queue: deque[Row] = deque()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="madx-model")
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    async def submit(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[torch.Tensor]:
+        """Logits (T_i, n_out) per window, once its batch ran."""
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._loop())
+        if len(self.queue) + len(seqs) > self.max_queue:
+            self.m.rejected.labels(self.m.replica).inc()
+            raise Overloaded(f"{len(self.queue)} windows are queued (limit {self.max_queue})")
+        loop = asyncio.get_running_loop()
+        rows = [Row(list(s), st, loop.create_future()) for s, st in zip(seqs, stacks, strict=True)]
+        self.queue.extend(rows)
+        self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(r.future for r in rows)))
+        except asyncio.CancelledError:  # client went away: drop its rows that have not run yet
+            for r in rows:
+                r.future.cancel()
+            raise
+
+    async def call(self, fn, *args):
+        """Run ``fn`` on the model thread, between batches (admin changes, cache inspection)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.queue:
+                continue
+            # let a batch fill: up to max_wait after the oldest row arrived
+            deadline = time.monotonic() + self.max_wait
+            while len(self.queue) < self.max_rows and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
+            take = [self.queue.popleft() for _ in range(len(self.queue))]
+            take = [r for r in take if not r.future.cancelled()]
+            self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
+            for idx in plan_batches([len(r.ids) for r in take], self.max_tokens, self.max_rows):
+                rows = [take[i] for i in idx]
+                try:
+                    out = await loop.run_in_executor(self.pool, self._forward, rows)
+                except Exception as e:  # noqa: BLE001 - delivered to every waiting request
+                    for r in rows:
+                        if not r.future.done():
+                            r.future.set_exception(e)
+                    continue
+                for r, o in zip(rows, out, strict=True):
+                    if not r.future.done():
+                        r.future.set_result(o)
+            if self.queue:
+                self._wake.set()
+
+    def _forward(self, rows: list[Row]) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.run([r.ids for r in rows], [r.stack for r in rows])
+        rep = self.m.replica
+        self.m.forward_seconds.labels(rep).observe(time.perf_counter() - t0)
+        self.m.batch_rows.labels(rep).observe(len(rows))
+        self.m.batch_tokens.labels(rep).observe(len(rows) * max(len(r.ids) for r in rows))
+        stacks: dict[str, int] = {}
+        for r in rows:
+            stacks[str(r.stack)] = stacks.get(str(r.stack), 0) + 1
+        self.m.batch_stacks.labels(rep).observe(len(stacks))
+        for s, n in stacks.items():
+            self.m.stack_rows.labels(rep, s).inc(n)
+        return out

@@ -1,0 +1,164 @@
+"""Adapter cache: device (registered in the model) <- CPU memory <- disk (safetensors, sha256 checked).
+
+All served adapters are made resident at start when they fit (``max_device``); beyond that an LRU
+evicts the least recently used adapters not needed by the batch at hand, keeping up to
+``max_cpu`` of them as CPU tensors, so a later reload skips disk. Not thread-safe by design: the
+backbone replica calls it only from its single model thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from madx.artifacts import (
+    WEIGHTS_FILE,
+    ArtifactError,
+    install_weights,
+    load_adapter,
+    read_artifact,
+    read_manifest,
+    sha256_file,
+)
+from madx.config import AdapterConfig
+from madx.model import MadxModel
+
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: Path
+    kind: str
+    task_type: str | None
+    language: str | None
+    sha256: dict[str, str] | None  # None for adapters an admin loaded from a path outside the store
+    source: str  # "store" | "admin"
+
+
+class AdapterCache:
+    def __init__(self, model: MadxModel, store: Path, max_device: int, max_cpu: int, metrics: Metrics) -> None:
+        self.model, self.store, self.max_device, self.max_cpu, self.m = model, Path(store), max_device, max_cpu, metrics
+        self.entries: dict[str, Entry] = {}
+        self.refused: dict[str, str] = {}  # name -> why (sha256 mismatch, shape, ...)
+        self.device: OrderedDict[str, None] = OrderedDict()  # resident, least recently used first
+        self.cpu: OrderedDict[str, tuple[AdapterConfig, dict[str, torch.Tensor]]] = OrderedDict()
+        if not self.store.is_dir():
+            raise ArtifactError(f"adapter store {str(self.store)!r} is not a readable directory")
+        try:
+            manifest = read_manifest(self.store)["adapters"]
+        except PermissionError as e:
+            raise ArtifactError(f"adapter store {str(self.store)!r} is not readable ({e.strerror})") from None
+        if not manifest:
+            raise ArtifactError(f"adapter store {str(self.store)!r} has no adapters in manifest.json")
+        for name, e in sorted(manifest.items()):
+            self.entries[name] = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
+                                       name if e["kind"] == "language" else None, e["sha256"], "store")
+        for name in list(self.entries):  # validate everything now; a bad adapter is refused, the rest serve
+            try:
+                self._from_disk(name)
+            except (ArtifactError, OSError) as exc:
+                self.refused[name] = str(exc)
+                del self.entries[name]
+        self.m.resident.labels(self.m.replica).set(len(self.device))
+
+    # ------------------------------------------------------------------ queries
+    def served(self, kind: str | None = None) -> dict[str, Entry]:
+        return {n: e for n, e in self.entries.items() if kind is None or e.kind == kind}
+
+    def resident(self, name: str) -> bool:
+        return name in self.device
+
+    # ------------------------------------------------------------------ residency
+    def ensure(self, names: set[str]) -> None:
+        """Make ``names`` resident (they must be served), evicting others if over capacity."""
+        for name in sorted(names):
+            if name in self.device:
+                self.device.move_to_end(name)
+                self.m.cache.labels(self.m.replica, "hit", "device").inc()
+            elif name in self.cpu:
+                t0 = time.perf_counter()
+                cfg, tensors = self.cpu.pop(name)
+                self._evict(keep=names, room_for=1)
+                install_weights(self.model, cfg, tensors, where=f"cpu cache:{name}")
+                self.device[name] = None
+                self.m.cache.labels(self.m.replica, "miss", "cpu").inc()
+                self.m.load_seconds.labels(self.m.replica, "cpu").observe(time.perf_counter() - t0)
+            else:
+                self.m.cache.labels(self.m.replica, "miss", "disk").inc()
+                self._from_disk(name, keep=names)
+        self.m.resident.labels(self.m.replica).set(len(self.device))
+
+    def _from_disk(self, name: str, keep: set[str] | None = None) -> None:
+        e = self.entries[name]
+        t0 = time.perf_counter()
+        self._evict(keep=keep or {name}, room_for=1)
+        load_adapter(self.model, e.path, name=name, expected_sha256=e.sha256)
+        self.device[name] = None
+        self.m.load_seconds.labels(self.m.replica, "disk").observe(time.perf_counter() - t0)
+
+    def _evict(self, keep: set[str], room_for: int) -> None:
+        while len(self.device) + room_for > self.max_device:
+            victim = next((n for n in self.device if n not in keep), None)
+            if victim is None:
+                raise RuntimeError(f"one batch needs {len(keep)} adapters but only {self.max_device} fit on the device "
+                                   f"(cache.max_device_adapters)")
+            self._unload(victim)
+
+    def _unload(self, name: str) -> None:
+        if name not in self.device:
+            return
+        del self.device[name]
+        if self.max_cpu > 0:
+            state = {k: v.detach().to("cpu").clone() for k, v in self.model.adapters[name].state_dict().items()}
+            self.cpu[name] = (self.model.configs[name], state)
+            while len(self.cpu) > self.max_cpu:
+                self.cpu.popitem(last=False)
+        self.model.remove_adapter(name)
+
+    # ------------------------------------------------------------------ admin
+    def admin_load(self, name: str, path: str | None) -> Entry:
+        """Serve (or reload) ``name`` from its store entry or from an artifact directory."""
+        if path is not None:
+            p = Path(path)
+            meta, cfg = read_artifact(p)
+            entry = Entry(name, p, cfg.kind, cfg.head.task_type if cfg.head else None,
+                          name if cfg.kind == "language" else None,
+                          {WEIGHTS_FILE: sha256_file(p / WEIGHTS_FILE)}, "admin")
+        else:
+            m = read_manifest(self.store)["adapters"]
+            if name not in m:
+                raise KeyError(f"adapter {name!r} is not in {self.store}/manifest.json and no path was given; "
+                               f"the store has: {sorted(m)}")
+            e = m[name]
+            entry = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
+                          name if e["kind"] == "language" else None, e["sha256"], "store")
+        old = self.entries.get(name)
+        self.admin_unload(name, missing_ok=True)
+        self.entries[name] = entry
+        try:
+            self._from_disk(name)
+        except Exception:
+            del self.entries[name]
+            if old is not None:  # keep serving the previous version
+                self.entries[name] = old
+                self._from_disk(name)
+            raise
+        self.refused.pop(name, None)
+        self.m.resident.labels(self.m.replica).set(len(self.device))
+        return entry
+
+    def admin_unload(self, name: str, missing_ok: bool = False) -> None:
+        if name not in self.entries:
+            if missing_ok:
+                return
+            raise KeyError(f"adapter {name!r} is not served; served: {sorted(self.entries)}")
+        self._unload(name)
+        self.cpu.pop(name, None)
+        del self.entries[name]
+        self.m.resident.labels(self.m.replica).set(len(self.device))

@@ -1,0 +1,186 @@
+"""Ray Serve deployments: Ingress (FastAPI) -> Backbone (one frozen encoder per replica) + Control.
+
+- ``Backbone``: wraps one ``Engine``; requests from all ingress replicas meet in its batcher.
+- ``Control`` (one replica, no CPU reserved): runtime adapter changes as a versioned log that every
+  backbone replica applies within ``SYNC_S`` seconds, and the replicas' metrics for ``/metrics``.
+- ``Ingress``: the HTTP API of ``app.py``, with handles passed by ``.bind()``.
+
+``build(settings)`` returns the bound application; ``app_builder`` is the import path for
+``serve run`` / ``serve deploy`` configs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from .app import build_app
+from .batcher import Overloaded
+from .engine import Engine, RequestError
+from .metrics import Metrics
+from .settings import Settings, load_settings
+
+SYNC_S = 1.0
+log = logging.getLogger("madx.serving")
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}  # access logs to the driver cost ~1/3 of throughput
+
+
+def settings_payload(s: Settings) -> dict[str, Any]:
+    """Settings as plain data for replicas (the API key included, which model_dump would mask)."""
+    d = s.model_dump(mode="json")
+    d["api_key"] = s.api_key.get_secret_value() if s.api_key else None
+    return d
+
+
+def _envelope(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "message": message}}
+
+
+async def _guard(coro) -> dict[str, Any]:
+    try:
+        return {"ok": await coro}
+    except RequestError as e:
+        return _envelope(e.status, e.message)
+    except Overloaded as e:
+        return {"overloaded": str(e)}
+
+
+def _unwrap(env: dict[str, Any]) -> Any:
+    if "ok" in env:
+        return env["ok"]
+    if "overloaded" in env:
+        raise Overloaded(env["overloaded"])
+    raise RequestError(env["error"]["status"], env["error"]["message"])
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET)
+class Control:
+    def __init__(self) -> None:
+        self.version = 0
+        self.ops: list[tuple[int, dict[str, Any]]] = []
+        self.snapshots: dict[str, tuple[float, str]] = {}
+
+    def record(self, op: dict[str, Any]) -> int:
+        self.version += 1
+        self.ops.append((self.version, op))
+        return self.version
+
+    def since(self, version: int) -> list[tuple[int, dict[str, Any]]]:
+        return [(v, op) for v, op in self.ops if v > version]
+
+    def push_metrics(self, replica: str, text: str) -> None:
+        self.snapshots[replica] = (time.time(), text)
+
+    def metrics_texts(self) -> list[str]:
+        now = time.time()
+        return [t for ts, t in self.snapshots.values() if now - ts < 30 * SYNC_S]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)
+class Backbone:
+    async def __init__(self, settings: dict[str, Any], control) -> None:
+        try:
+            rid = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (tests)
+            rid = "local"
+        self.replica = rid
+        self.engine = Engine(Settings.model_validate(settings), Metrics(replica=rid))
+        self.control = control
+        self.version = 0
+        self._sync = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                for v, op in await self.control.since.remote(self.version):
+                    if op.get("origin") != self.replica:
+                        await _guard(self._apply(op))
+                    self.version = v
+                await self.control.push_metrics.remote(self.replica, self.engine.m.text())
+            except Exception:  # noqa: BLE001 - keep syncing; Serve restarts the control replica if it died
+                log.warning("control sync failed", exc_info=True)
+            await asyncio.sleep(SYNC_S)
+
+    async def _apply(self, op: dict[str, Any]) -> dict[str, Any]:
+        if op["op"] == "load":
+            return await self.engine.admin_load(op["name"], op.get("path"))
+        return await self.engine.admin_unload(op["name"])
+
+    async def ner(self, texts, language, return_tokens):
+        return await _guard(self.engine.ner(texts, language, return_tokens))
+
+    async def qa(self, question, context, language, top_k, max_answer_tokens):
+        return await _guard(self.engine.qa(question, context, language, top_k, max_answer_tokens))
+
+    async def describe(self):
+        return self.engine.describe()
+
+    async def admin(self, op: dict[str, Any]):
+        res = await _guard(self._apply(op))
+        if "ok" in res:  # the other replicas follow through the control log
+            res["ok"]["version"] = await self.control.record.remote({**op, "origin": self.replica})
+            res["ok"]["other_replicas_within_s"] = SYNC_S
+        return res
+
+    def check_health(self) -> None:
+        if not self.engine.ready or (self._sync.done() and self._sync.exception() is not None):
+            raise RuntimeError("backbone replica is not healthy")
+
+
+class RayBackend:
+    def __init__(self, backbone, control) -> None:
+        self.backbone, self.control = backbone, control
+
+    async def ner(self, texts, language, return_tokens):
+        return _unwrap(await self.backbone.ner.remote(texts, language, return_tokens))
+
+    async def qa(self, question, context, language, top_k, max_answer_tokens):
+        return _unwrap(await self.backbone.qa.remote(question, context, language, top_k, max_answer_tokens))
+
+    async def describe(self):
+        return await self.backbone.describe.remote()
+
+    async def ready(self):
+        await asyncio.wait_for(self.backbone.describe.remote(), 5)
+        return True
+
+    async def admin_load(self, name, path):
+        return _unwrap(await self.backbone.admin.remote({"op": "load", "name": name, "path": path}))
+
+    async def admin_unload(self, name):
+        return _unwrap(await self.backbone.admin.remote({"op": "unload", "name": name}))
+
+    async def metrics_texts(self):
+        return await self.control.metrics_texts.remote()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, logging_config=QUIET)
+@serve.ingress()
+class Ingress:
+    def __init__(self, settings: dict[str, Any], backbone, control) -> None:
+        self.settings = Settings.model_validate(settings)
+        self.metrics = Metrics(replica="ingress")
+        self.backend = RayBackend(backbone, control)
+
+    def __serve_build_asgi_app__(self):
+        return build_app(self.backend, self.settings, self.metrics)
+
+
+def build(settings: Settings):
+    """The bound Serve application for ``settings``."""
+    payload = settings_payload(settings)
+    control = Control.bind()
+    backbone = Backbone.options(num_replicas=settings.backbone_replicas,
+                                max_ongoing_requests=settings.backbone_max_ongoing_requests).bind(payload, control)
+    return Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests).bind(payload, backbone, control)
+
+
+def app_builder(args: dict[str, Any]):
+    """``serve run serving.deployments:app_builder config=deploy/serve.yaml`` entry point: ``args`` may
+    name a settings YAML (``config``) and override fields."""
+    args = dict(args or {})
+    return build(load_settings(args.pop("config", None), **args))

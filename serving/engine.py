@@ -1,0 +1,257 @@
+"""The serving core, without Ray: routing, tokenisation, windows, batching, decoding.
+
+One ``Engine`` owns one frozen backbone, its adapter cache and its batcher. The Ray Serve backbone
+deployment is a thin wrapper around it; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from madx.artifacts import ArtifactError
+from madx.backbone import load_backbone
+from madx.config import AdapterStack
+from madx.decode import best_spans, word_predictions
+from madx.features import ner_features, qa_windows
+from madx.langid import Detector, load_profiles
+from madx.model import MadxModel
+from madx.train import pad
+
+from .batcher import Batcher
+from .cache import AdapterCache
+from .metrics import Metrics
+from .settings import Limits, Settings
+from .text import entities_from_words, split_words
+
+
+class RequestError(Exception):
+    """A client error: HTTP ``status`` with a message quoting the bad value and the rule."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    stack: AdapterStack
+    language: str | None
+    source: str  # request | detected | undetermined
+    confidence: float | None
+    fallback: str | None
+
+    def out(self) -> dict[str, Any]:
+        return {"language": self.language, "language_source": self.source, "detection_confidence": self.confidence,
+                "stack": {"language": self.stack.language, "task": self.stack.task}, "fallback": self.fallback}
+
+
+def check_ner_limits(lim: Limits, texts: list[str]) -> None:
+    if len(texts) > lim.max_texts:
+        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {lim.max_texts} (limits.max_texts)")
+    for i, t in enumerate(texts):
+        if len(t) > lim.max_chars:
+            raise RequestError(413, f"text {i} has {len(t)} characters; the limit is {lim.max_chars} (limits.max_chars)")
+
+
+def check_qa_limits(lim: Limits, question: str, context: str, top_k: int) -> None:
+    if len(context) > lim.max_chars:
+        raise RequestError(413, f"context has {len(context)} characters; the limit is {lim.max_chars} (limits.max_chars)")
+    if len(question) > lim.max_question_chars:
+        raise RequestError(413, f"question has {len(question)} characters; the limit is {lim.max_question_chars} "
+                                f"(limits.max_question_chars)")
+    if top_k > lim.max_top_k:
+        raise RequestError(422, f"top_k {top_k} is above the limit {lim.max_top_k} (limits.max_top_k)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, backbone=None) -> None:
+        self.s = settings
+        self.m = metrics or Metrics()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        bb = backbone or load_backbone(settings.backbone)
+        if bb.tokenizer is None:
+            raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
+        self.tok = bb.tokenizer
+        self.device = pick_device(settings.device)
+        self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
+        self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,
+                                  settings.cache.max_cpu_adapters, self.m)
+        served_tasks = {t: n for t, n in settings.tasks.items() if n in self.cache.served("task")}
+        if not served_tasks:
+            raise ArtifactError(f"none of the task adapters {settings.tasks} is served by {settings.adapter_store}; "
+                                f"store has: {sorted(self.cache.entries)}; refused: {self.cache.refused}")
+        for t, name in served_tasks.items():
+            want = self.cache.entries[name].task_type
+            if want != t:
+                raise ArtifactError(f"tasks.{t} = {name!r} is a {want!r} adapter, not {t!r}")
+        profiles = load_profiles(settings.adapter_store)
+        self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+        b = settings.batching
+        # windows never exceed the backbone's positions (smaller windows, never truncated input)
+        self.ner_window = min(b.ner_window, self.model.max_positions)
+        self.qa_window = min(b.qa_window, self.model.max_positions)
+        self.qa_stride = min(b.qa_stride, self.qa_window // 3)
+        self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m)
+        self.ready = True
+
+    # ------------------------------------------------------------------ what is served
+    def languages(self) -> list[str]:
+        return sorted(self.cache.served("language"))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backbone": self.model.backbone_name,
+            "languages": self.languages(),
+            "tasks": {t: n for t, n in self.s.tasks.items() if n in self.cache.entries},
+            "adapters": [{"name": e.name, "kind": e.kind, "task_type": e.task_type, "language": e.language,
+                          "resident": self.cache.resident(e.name), "source": e.source}
+                         for e in self.cache.entries.values()],
+            "fallback": {"mode": self.s.fallback.mode, "related": self.s.fallback.related,
+                         "refused_adapters": self.cache.refused},
+            "detector_languages": self.detector.languages,
+            "windows": {"ner": self.ner_window, "qa": self.qa_window, "qa_stride": self.qa_stride},
+        }
+
+    # ------------------------------------------------------------------ routing
+    def route(self, task: str, language: str | None, text: str) -> Route:
+        name = self.s.tasks.get(task)
+        if name is None or name not in self.cache.entries:
+            raise RequestError(404, f"task {task!r} is not served; served tasks: {sorted(self.describe()['tasks'])}")
+        served = set(self.languages())
+        source, conf = "request", None
+        if language is None:
+            lang, conf = self.detector.detect(text)
+            conf = round(conf, 4)
+            if lang is None or conf < self.s.fallback.min_detect_confidence:
+                language, source = None, "undetermined"
+            else:
+                language, source = lang, "detected"
+        else:
+            language = language.lower().replace("_", "-")
+        if language in served:
+            return Route(AdapterStack(language, name), language, source, conf, None)
+        mode = self.s.fallback.mode
+        base = language.split("-")[0] if language else None
+        if mode != "strict" and language is not None:
+            for cand in (base, self.s.fallback.related.get(language), self.s.fallback.related.get(base or "")):
+                if cand in served:
+                    return Route(AdapterStack(cand, name), language, source, conf, f"related:{cand}")
+        if mode == "strict":
+            what = (f"language {language!r} has no adapter" if language else
+                    "the language could not be detected (give 'language')")
+            raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
+        return Route(AdapterStack(None, name), language, source, conf, "task_only")
+
+    # ------------------------------------------------------------------ model thread
+    def _run(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[torch.Tensor]:
+        self.cache.ensure({a for s in stacks for a in s.adapters})
+        ids = pad(seqs, self.tok.pad_token_id).to(self.device)
+        lens = torch.tensor([len(s) for s in seqs], device=self.device)
+        mask = (torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]).long()
+        with torch.inference_mode():
+            _, logits = self.model(ids, mask, stacks)
+        return [lg[:n].float().cpu() for lg, n in zip(logits, lens.tolist(), strict=True)]
+
+    # ------------------------------------------------------------------ NER
+    async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
+        check_ner_limits(self.s.limits, texts)
+        routes = [self.route("ner", language, t) for t in texts]
+        words = [split_words(t) for t in texts]
+        try:
+            feats = ner_features(self.tok, [[w.text for w in ws] for ws in words], None, self.ner_window)
+        except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
+            raise RequestError(422, f"{e}; split it or raise batching.ner_window") from None
+        logits = await self.batcher.submit([f.input_ids for f in feats], [routes[f.sentence].stack for f in feats])
+        labels = self.model.configs[routes[0].stack.task].head.labels
+        per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
+        windows = [0] * len(texts)
+        tokens: list[list[dict]] = [[] for _ in texts]
+        for f, lg in zip(feats, logits, strict=True):
+            per_text[f.sentence].update(word_predictions(f.word_ids, lg))
+            windows[f.sentence] += 1
+            if return_tokens:
+                tokens[f.sentence].extend(self._tokens(f, lg, words[f.sentence], labels))
+        results = []
+        for i, t in enumerate(texts):
+            preds = per_text[i]
+            tags = [labels[preds[w][0]] if w in preds else "O" for w in range(len(words[i]))]
+            scores = [preds[w][1] if w in preds else 1.0 for w in range(len(words[i]))]
+            ents = entities_from_words(t, words[i], tags, scores)
+            results.append({**routes[i].out(), "entities": [e.__dict__ for e in ents],
+                            "tokens": tokens[i] if return_tokens else None, "windows": windows[i]})
+        return {"results": results, "backbone": self.model.backbone_name}
+
+    def _tokens(self, f, lg: torch.Tensor, words, labels) -> list[dict]:
+        """Each sub-word with its own label; offsets are those of the sub-word inside its word."""
+        probs = lg.softmax(-1)
+        p, best = probs.max(-1)
+        out = []
+        ids = f.input_ids
+        for t, w in enumerate(f.word_ids):
+            if w is None:
+                continue
+            piece = self.tok.convert_ids_to_tokens(ids[t])
+            out.append({"token": piece, "label": labels[int(best[t])], "start": words[w].start, "end": words[w].end,
+                        "score": round(float(p[t]), 4)})
+        return out
+
+    # ------------------------------------------------------------------ QA
+    async def qa(self, question: str, context: str, language: str | None, top_k: int = 1,
+                 max_answer_tokens: int = 30) -> dict[str, Any]:
+        check_qa_limits(self.s.limits, question, context, top_k)
+        route = self.route("qa", language, context)
+        q_tokens = len(self.tok(question, add_special_tokens=False)["input_ids"])
+        if q_tokens + 4 + self.qa_stride + 16 > self.qa_window:
+            raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window and a "
+                                    f"{self.qa_stride}-token stride it must stay under "
+                                    f"{self.qa_window - self.qa_stride - 20} tokens")
+        wins = qa_windows(self.tok, question, context, self.qa_window, self.qa_stride)
+        if not any(o is not None for w in wins for o in w.offsets):
+            raise RequestError(422, "the context has no tokens")
+        logits = await self.batcher.submit([w.input_ids for w in wins], [route.stack] * len(wins))
+        spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
+                           top_k=top_k, max_answer_tokens=max_answer_tokens)
+        answers = [{"text": context[s.start:s.end], "start": s.start, "end": s.end, "score": round(s.score, 4)}
+                   for s in spans]
+        return {**route.out(), "answers": answers, "windows": len(wins), "backbone": self.model.backbone_name}
+
+    # ------------------------------------------------------------------ admin (on the model thread)
+    async def admin_load(self, name: str, path: str | None) -> dict[str, Any]:
+        try:
+            e = await self.batcher.call(self.cache.admin_load, name, path)
+        except KeyError as err:
+            raise RequestError(404, err.args[0]) from None
+        except ArtifactError as err:
+            raise RequestError(422, str(err)) from None
+        self._refresh_detector()
+        return {"loaded": name, "kind": e.kind, "source": e.source}
+
+    async def admin_unload(self, name: str) -> dict[str, Any]:
+        if name in self.s.tasks.values() and name in self.cache.served("task"):
+            served_tasks = [t for t, n in self.s.tasks.items() if n in self.cache.entries and n != name]
+            if not served_tasks:
+                raise RequestError(409, f"adapter {name!r} is the last served task adapter; load another first")
+        try:
+            await self.batcher.call(self.cache.admin_unload, name)
+        except KeyError as err:
+            raise RequestError(404, err.args[0]) from None
+        self._refresh_detector()
+        return {"unloaded": name}
+
+    def _refresh_detector(self) -> None:
+        profiles = load_profiles(self.s.adapter_store)
+        self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+

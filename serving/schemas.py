@@ -1,0 +1,137 @@
+"""HTTP request/response models (OpenAPI at /docs). Unknown fields are rejected."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+LANG = Field(None, min_length=1, max_length=16, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$",
+             description="ISO 639 code (e.g. 'sw'); omitted: detected, and reported in the response")
+
+
+class NerRequest(_In):
+    text: str | None = Field(None, description="one text; or use `texts`")
+    texts: list[str] | None = Field(None, description="several texts, answered in order")
+    language: str | None = LANG
+    return_tokens: bool = Field(False, description="also return each sub-word token with its label and offsets")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NerRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        if self.texts is not None and not self.texts:
+            raise ValueError("'texts' is empty; give at least one text")
+        for i, t in enumerate(self.all_texts):
+            if not t.strip():
+                raise ValueError(f"text {i} is empty or only whitespace")
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class QaRequest(_In):
+    question: str = Field(..., min_length=1)
+    context: str = Field(..., min_length=1)
+    language: str | None = LANG
+    top_k: int = Field(1, ge=1, description="answers to return, best first")
+    max_answer_tokens: int = Field(30, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> QaRequest:
+        for name in ("question", "context"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"'{name}' is only whitespace")
+        return self
+
+
+class StackOut(_Out):
+    language: str | None = Field(description="language adapter used (null: task adapter only)")
+    task: str
+
+
+class Routing(_Out):
+    language: str | None = Field(description="the request's language: given, or detected")
+    language_source: Literal["request", "detected", "undetermined"]
+    detection_confidence: float | None = None
+    stack: StackOut
+    fallback: str | None = Field(None, description="why the stack differs from the language: 'related:<lang>' or 'task_only'")
+
+
+class EntityOut(_Out):
+    text: str = Field(description="== input[start:end]")
+    label: str
+    start: int = Field(description="Unicode code point offset into the original text")
+    end: int = Field(description="exclusive")
+    score: float
+
+
+class TokenOut(_Out):
+    token: str
+    label: str
+    start: int
+    end: int
+    score: float
+
+
+class NerResult(Routing):
+    entities: list[EntityOut]
+    tokens: list[TokenOut] | None = None
+    windows: int = Field(description="model windows the text needed (long texts use several, nothing is cut)")
+
+
+class NerResponse(_Out):
+    results: list[NerResult]
+    backbone: str
+
+
+class AnswerOut(_Out):
+    text: str = Field(description="== context[start:end]")
+    start: int
+    end: int
+    score: float
+
+
+class QaResponse(Routing):
+    answers: list[AnswerOut]
+    windows: int
+    backbone: str
+
+
+class AdapterInfo(_Out):
+    name: str
+    kind: str
+    task_type: str | None = None
+    language: str | None = None
+    resident: bool
+    source: str
+
+
+class AdaptersResponse(_Out):
+    backbone: str
+    languages: list[str]
+    tasks: dict[str, str]
+    adapters: list[AdapterInfo]
+    fallback: dict
+    detector_languages: list[str]
+    windows: dict[str, int]
+
+
+class AdminLoad(_In):
+    path: str | None = Field(None, description="artifact directory (default: the store entry of that name)")
+
+
+class ErrorBody(_Out):
+    error: str
+    detail: str | list | None = None

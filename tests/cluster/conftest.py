@@ -1,0 +1,49 @@
+"""One local Ray cluster + Serve app for every test in this folder (about 30 s to start)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from serving.deployments import build
+    from serving.settings import load_settings
+
+    from ..serving.tiny_store import BACKBONE, make_store
+
+    store = make_store(tmp_path_factory.mktemp("cluster-store"))
+    port = free_port()
+    key = "cluster-test-key"
+    settings = load_settings(env={}, backbone=BACKBONE, adapter_store=str(store), port=port, api_key=key,
+                             batching={"max_wait_ms": 20})
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=4)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(settings), name="madx", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", headers={"X-API-Key": key}).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield {"url": url, "headers": {"X-API-Key": key}, "store": store}
+    ray.shutdown()

@@ -1,0 +1,201 @@
+"""The Ray-free serving core: routing and fallback, mixed batches, windows, cache tiers, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from madx.artifacts import ArtifactError
+from serving.batcher import Overloaded, plan_batches
+from serving.engine import RequestError
+
+from .tiny_store import TEXT
+
+LONG = " ".join(["Rais wa Kenya alizungumza na waandishi wa habari mjini Nairobi jana jioni."] * 40)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("language, fallback_mode, want", [
+    ("sw", "related", ("sw", "request", None)),
+    ("SW", "related", ("sw", "request", None)),
+    ("swa", "related", ("sw", "request", "related:sw")),  # ISO 639-3 alias
+    ("sw-KE", "related", ("sw", "request", "related:sw")),  # region subtag -> base language
+    ("sw_TZ", "strict", ("sw", "request", None)),  # normalised to sw-tz -> not served as such...
+    ("fr", "related", (None, "request", "task_only")),
+    ("fr", "task_only", (None, "request", "task_only")),
+    ("swa", "task_only", ("sw", "request", "related:sw")),
+])
+def test_routing_and_fallback(make_engine, engine, language, fallback_mode, want):
+    eng = engine if fallback_mode == "related" else make_engine(fallback={"mode": fallback_mode})
+    if fallback_mode == "strict" and language == "sw_TZ":
+        with pytest.raises(RequestError) as e:
+            eng.route("ner", language, "x")
+        assert e.value.status == 422 and "'sw-tz' has no adapter" in e.value.message and "['de', 'en', 'sw']" in e.value.message
+        return
+    r = eng.route("ner", language, "x")
+    assert (r.stack.language, r.source, r.fallback) == want
+    assert r.stack.task == "ner"
+
+
+def test_detection_reports_language_and_confidence(engine):
+    for lang, lines in TEXT.items():
+        r = engine.route("ner", None, lines[0])
+        assert (r.language, r.source, r.stack.language) == (lang, "detected", lang)
+        assert 0.5 <= r.confidence <= 1.0
+    r = engine.route("ner", None, "12345 !!!")
+    assert (r.source, r.stack.language, r.fallback) == ("undetermined", None, "task_only")
+
+
+def test_unknown_task_is_404(make_engine):
+    eng = make_engine(tasks={"ner": "ner"})
+    with pytest.raises(RequestError) as e:
+        eng.route("qa", "en", "x")
+    assert e.value.status == 404 and "task 'qa' is not served" in e.value.message
+
+
+def test_mixed_language_burst_equals_single_requests(engine):
+    src = ["en", "sw", "de", "de", "sw"] * 3  # text language; requested: en, sw, de, fr (fallback), None (detect)
+    asked = ["en", "sw", "de", "fr", None] * 3
+    reqs = [("ner", [TEXT[s][i % 3]], lang) for i, (s, lang) in enumerate(zip(src, asked, strict=True))]
+    reqs.append(("qa", ["Where did the president speak?", TEXT["en"][0]], "en"))
+    reqs.append(("qa", ["Rais alizungumza wapi?", TEXT["sw"][0] + " " + LONG], "sw"))
+
+    def call(r):
+        task, args, lang = r
+        return engine.ner(args, lang, True) if task == "ner" else engine.qa(args[0], args[1], lang, 3)
+
+    async def both():
+        alone = [await call(r) for r in reqs]
+        stacks_before = engine.m.registry.get_sample_value("madx_batch_distinct_stacks_sum", {"replica": "local"})
+        count_before = engine.m.registry.get_sample_value("madx_batch_distinct_stacks_count", {"replica": "local"})
+        burst = await asyncio.gather(*(call(r) for r in reqs))
+        s = engine.m.registry.get_sample_value("madx_batch_distinct_stacks_sum", {"replica": "local"}) - stacks_before
+        c = engine.m.registry.get_sample_value("madx_batch_distinct_stacks_count", {"replica": "local"}) - count_before
+        return alone, burst, s / c
+
+    alone, burst, stacks_per_batch = run(both())
+    assert stacks_per_batch > 2, "the burst should have shared forward passes across stacks"
+    for a, b in zip(alone, burst, strict=True):
+        ra = a["results"][0] if "results" in a else a
+        rb = b["results"][0] if "results" in b else b
+        assert ra["stack"] == rb["stack"]
+        for key in ("entities", "answers", "tokens"):
+            xs, ys = ra.get(key) or [], rb.get(key) or []
+            assert [(x["start"], x["end"], x.get("label")) for x in xs] == [(y["start"], y["end"], y.get("label")) for y in ys]
+            assert all(abs(x["score"] - y["score"]) < 1e-3 for x, y in zip(xs, ys, strict=True))
+
+
+def test_long_text_uses_windows_and_keeps_every_word(engine):
+    res = run(engine.ner([LONG], "sw", True))["results"][0]
+    assert res["windows"] > 1
+    assert res["tokens"][-1]["end"] == len(LONG) - 1 or res["tokens"][-1]["end"] == len(LONG)
+    words_covered = {(t["start"], t["end"]) for t in res["tokens"]}
+    from serving.text import split_words
+
+    assert words_covered == {(w.start, w.end) for w in split_words(LONG)}
+    for e in res["entities"]:
+        assert LONG[e["start"]:e["end"]] == e["text"]
+
+
+def test_qa_long_context_windows_and_offsets(engine):
+    ctx = LONG + " The answer is Mombasa."
+    res = run(engine.qa("Where?", ctx, "sw", top_k=4))
+    assert res["windows"] > 1 and 1 <= len(res["answers"]) <= 4
+    for a in res["answers"]:
+        assert ctx[a["start"]:a["end"]] == a["text"] and a["text"] == a["text"].strip()
+    assert [a["score"] for a in res["answers"]] == sorted((a["score"] for a in res["answers"]), reverse=True)
+
+
+@pytest.mark.parametrize("max_cpu, tier", [(8, "cpu"), (0, "disk")])
+def test_lru_cache_tiers_give_identical_results(make_engine, engine, max_cpu, tier):
+    small = make_engine(cache={"max_device_adapters": 2, "max_cpu_adapters": max_cpu})
+    assert len(small.cache.device) == 2  # everything validated at start, only 2 resident
+
+    async def go(eng):
+        return [await eng.ner([TEXT[lang][0]], lang, False) for lang in ["en", "sw", "de", "en", "sw"]]
+
+    got, want = run(go(small)), run(go(engine))
+    for g, w in zip(got, want, strict=True):
+        assert g["results"][0]["entities"] == w["results"][0]["entities"]
+    misses = small.m.registry.get_sample_value("madx_adapter_cache_total", {"replica": "local", "result": "miss", "tier": tier})
+    assert misses and misses >= 3
+
+
+def test_corrupted_adapter_is_refused_and_the_rest_serve(make_engine, tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    w = store / "sw" / "adapter.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
+    eng = make_engine(store=store)
+    refused = eng.describe()["fallback"]["refused_adapters"]
+    assert list(refused) == ["sw"] and "sha256" in refused["sw"] and "refusing this adapter" in refused["sw"]
+    assert eng.languages() == ["de", "en"]
+    assert run(eng.ner(["Habari"], "sw", False))["results"][0]["fallback"] == "task_only"
+
+
+def _store(tmp, files: dict[str, str] | None) -> object:
+    """A store directory with these files; None -> a regular file where the store should be."""
+    if files is None:
+        (tmp / "f").write_text("x")
+        return tmp / "f"
+    d = tmp / "s"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    return d
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p / "missing", "is not a readable directory"),
+    (lambda p: _store(p, None), "is not a readable directory"),
+    (lambda p: _store(p, {"manifest.json": "{oops"}), "invalid JSON"),
+    (lambda p: _store(p, {}), "has no adapters"),
+    (lambda p: _store(p, {"manifest.json": '{"format": "other"}'}), "is not 'madx-serve/store@1'"),
+])
+def test_bad_store_is_a_clear_startup_error(make_engine, tmp_path, setup, message):
+    with pytest.raises(ArtifactError, match=message):
+        make_engine(store=setup(tmp_path))
+
+
+def test_admin_unload_load_and_pickle_refusal(make_engine, tmp_path):
+    eng = make_engine()
+    run(eng.admin_unload("de"))
+    assert "de" not in eng.languages() and "de" not in eng.detector.languages
+    assert run(eng.ner(["Hallo"], "de", False))["results"][0]["fallback"] == "task_only"
+    assert run(eng.admin_load("de", None))["loaded"] == "de"
+    assert run(eng.ner(["Hallo"], "de", False))["results"][0]["stack"]["language"] == "de"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "pytorch_adapter.bin").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(RequestError) as e:
+        run(eng.admin_load("evil", str(evil)))
+    assert e.value.status == 422 and "pickle is never loaded" in e.value.message
+    with pytest.raises(RequestError) as e:
+        run(eng.admin_unload("nope"))
+    assert e.value.status == 404
+    run(eng.admin_unload("qa"))
+    with pytest.raises(RequestError) as e:
+        run(eng.admin_unload("ner"))
+    assert e.value.status == 409 and "last served task adapter" in e.value.message
+
+
+def test_overload_refuses_at_once(make_engine):
+    eng = make_engine(batching={"max_queue_rows": 3})
+    with pytest.raises(Overloaded, match="limit 3"):
+        run(eng.ner(["a b", "c d", "e f", "g h"], "en", False))
+    assert run(eng.ner(["a b"], "en", False))["results"]  # and it keeps serving
+
+
+@pytest.mark.parametrize("lengths, budget, rows, want", [
+    ([5, 1, 3], 100, 8, [[1, 2, 0]]),
+    ([10, 10, 10, 2], 20, 8, [[3, 0], [1, 2]]),
+    ([50], 10, 8, [[0]]),  # longer than the budget: alone, never dropped
+    ([1, 1, 1], 100, 2, [[0, 1], [2]]),
+])
+def test_plan_batches(lengths, budget, rows, want):
+    assert plan_batches(lengths, budget, rows) == want
