@@ -226,7 +226,7 @@ def mlm_step_fn(model: MadxModel, head: MlmHead, tokenizer, chunks: list[list[in
 
 
 def save_mlm_head(head: MlmHead, model: MadxModel, store: Path, meta: dict[str, Any]) -> Path:
-    d = store / MLM_HEAD_DIR
+    d = Path(store) / MLM_HEAD_DIR
     d.mkdir(parents=True, exist_ok=True)
     save_file({"dense.weight": head.dense.weight.detach().contiguous(), "dense.bias": head.dense.bias.detach(),
                "norm.weight": head.norm.weight.detach(), "norm.bias": head.norm.bias.detach(),
@@ -239,7 +239,7 @@ def save_mlm_head(head: MlmHead, model: MadxModel, store: Path, meta: dict[str, 
 
 def load_mlm_head(model: MadxModel, store: Path) -> MlmHead:
     """The frozen MLM head of this backbone (trained once by ``madx-train mlm-head``)."""
-    d = store / MLM_HEAD_DIR
+    d = Path(store) / MLM_HEAD_DIR
     if not (d / "mlm_head.safetensors").exists():
         raise FileNotFoundError(f"{d}: no MLM head for this store; train it once with "
                                 f"`madx-train mlm-head --store {store} --text ...`")
@@ -259,6 +259,28 @@ def load_mlm_head(model: MadxModel, store: Path) -> MlmHead:
         head.bias.copy_(t["bias"])
     for p in head.parameters():
         p.requires_grad_(False)
+    return head
+
+
+def pretrained_mlm_head(model: MadxModel, name_or_path: str) -> MlmHead:
+    """Copy the MLM head a checkpoint ships (xlm-roberta-base, bert-base-multilingual, ...)."""
+    from transformers import AutoModelForMaskedLM
+
+    lm, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
+    fresh = [k for k in info["missing_keys"] if k.startswith(("lm_head.", "cls."))]
+    if fresh:
+        raise ValueError(f"{name_or_path}: the checkpoint has no MLM head (missing {fresh[:3]}); "
+                         f"train one with `madx-train mlm-head --text ...`")
+    if hasattr(lm, "lm_head"):  # RoBERTa / XLM-R
+        dense, norm, bias = lm.lm_head.dense, lm.lm_head.layer_norm, lm.lm_head.bias
+    else:  # BERT
+        t = lm.cls.predictions.transform
+        dense, norm, bias = t.dense, t.LayerNorm, lm.cls.predictions.bias
+    head = MlmHead(model.backbone.embeddings.word_embeddings, eps=norm.eps)
+    with torch.no_grad():
+        head.dense.load_state_dict(dense.state_dict())
+        head.norm.load_state_dict(norm.state_dict())
+        head.bias.copy_(bias)
     return head
 
 

@@ -103,6 +103,15 @@ def cmd_mlm_head(args) -> int:
     from .train import fit, mlm_chunks, mlm_step_fn, save_mlm_head
 
     model, tok = _setup(args)
+    if args.from_backbone:
+        from .train import pretrained_mlm_head, save_mlm_head
+
+        d = save_mlm_head(pretrained_mlm_head(model, args.backbone), model, args.store,
+                          {"source": f"pretrained head of {args.backbone}"})
+        print(f"saved the backbone's own MLM head to {d}")
+        return 0
+    if not args.text:
+        raise SystemExit("mlm-head needs --text files (or --from-backbone for a checkpoint that ships a head)")
     lines = [ln for p in args.text for ln in read_text(p, _exclusions(args.exclude_conll, []), min_chars=20)]
     chunks = mlm_chunks(tok, lines, args.max_len, progress=not args.no_progress)
     head = MlmHead(model.backbone.embeddings.word_embeddings, eps=model.backbone.config.layer_norm_eps)
@@ -293,9 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="madx-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("mlm-head", help="train the frozen MLM head transform once for a backbone that has none")
+    p = sub.add_parser("mlm-head", help="the frozen MLM head: copied from the checkpoint, or trained once if it has none")
     _train_args(p, 300, 16, 1e-3, 64)
-    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--text", nargs="+", default=[], type=Path)
+    p.add_argument("--from-backbone", action="store_true", help="copy the head the --backbone checkpoint ships")
     p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
     p.set_defaults(fn=cmd_mlm_head)
 

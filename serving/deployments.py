@@ -63,6 +63,7 @@ class Control:
         self.version = 0
         self.ops: list[tuple[int, dict[str, Any]]] = []
         self.snapshots: dict[str, tuple[float, str]] = {}
+        self.applied: dict[str, int] = {}  # replica -> last control version it applied
 
     def record(self, op: dict[str, Any]) -> int:
         self.version += 1
@@ -72,12 +73,20 @@ class Control:
     def since(self, version: int) -> list[tuple[int, dict[str, Any]]]:
         return [(v, op) for v, op in self.ops if v > version]
 
-    def push_metrics(self, replica: str, text: str) -> None:
+    def push_metrics(self, replica: str, text: str, version: int = 0) -> None:
         self.snapshots[replica] = (time.time(), text)
+        self.applied[replica] = version
+
+    def _live(self) -> list[str]:
+        now = time.time()
+        return [r for r, (ts, _) in self.snapshots.items() if now - ts < 5 * SYNC_S]
 
     def metrics_texts(self) -> list[str]:
-        now = time.time()
-        return [t for ts, t in self.snapshots.values() if now - ts < 30 * SYNC_S]
+        return [self.snapshots[r][1] for r in self._live()]
+
+    def progress(self, version: int) -> dict[str, int]:
+        live = self._live()
+        return {"live": len(live), "applied": sum(self.applied.get(r, 0) >= version for r in live)}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)
@@ -89,6 +98,13 @@ class Backbone:
             rid = "local"
         self.replica = rid
         self.engine = Engine(Settings.model_validate(settings), Metrics(replica=rid))
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()[:12]
+        except Exception:  # noqa: BLE001
+            node = "local"
+        self.engine.m.info.labels(rid, node).set(1)
         self.control = control
         self.version = 0
         self._sync = asyncio.get_running_loop().create_task(self._sync_loop())
@@ -100,7 +116,7 @@ class Backbone:
                     if op.get("origin") != self.replica:
                         await _guard(self._apply(op))
                     self.version = v
-                await self.control.push_metrics.remote(self.replica, self.engine.m.text())
+                await self.control.push_metrics.remote(self.replica, self.engine.m.text(), self.version)
             except Exception:  # noqa: BLE001 - keep syncing; Serve restarts the control replica if it died
                 log.warning("control sync failed", exc_info=True)
             await asyncio.sleep(SYNC_S)
@@ -122,8 +138,9 @@ class Backbone:
     async def admin(self, op: dict[str, Any]):
         res = await _guard(self._apply(op))
         if "ok" in res:  # the other replicas follow through the control log
-            res["ok"]["version"] = await self.control.record.remote({**op, "origin": self.replica})
-            res["ok"]["other_replicas_within_s"] = SYNC_S
+            v = await self.control.record.remote({**op, "origin": self.replica})
+            self.version = max(self.version, v)  # applied here already
+            res["ok"]["version"] = v
         return res
 
     def check_health(self) -> None:
@@ -148,11 +165,23 @@ class RayBackend:
         await asyncio.wait_for(self.backbone.describe.remote(), 5)
         return True
 
+    async def _admin(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Apply on one replica (which validates it), then wait until every live replica has it."""
+        res = _unwrap(await self.backbone.admin.remote(op))
+        deadline = time.monotonic() + 10 * SYNC_S
+        while True:
+            p = await self.control.progress.remote(res["version"])
+            if p["applied"] >= p["live"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(SYNC_S / 4)
+        res["replicas"] = p
+        return res
+
     async def admin_load(self, name, path):
-        return _unwrap(await self.backbone.admin.remote({"op": "load", "name": name, "path": path}))
+        return await self._admin({"op": "load", "name": name, "path": path})
 
     async def admin_unload(self, name):
-        return _unwrap(await self.backbone.admin.remote({"op": "unload", "name": name}))
+        return await self._admin({"op": "unload", "name": name})
 
     async def metrics_texts(self):
         return await self.control.metrics_texts.remote()
@@ -174,8 +203,17 @@ def build(settings: Settings):
     """The bound Serve application for ``settings``."""
     payload = settings_payload(settings)
     control = Control.bind()
-    backbone = Backbone.options(num_replicas=settings.backbone_replicas,
-                                max_ongoing_requests=settings.backbone_max_ongoing_requests).bind(payload, control)
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": settings.backbone_max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": settings.backbone_num_cpus, "num_gpus": settings.backbone_num_gpus},
+    }
+    if settings.autoscaling is not None:
+        opts["autoscaling_config"] = settings.autoscaling.model_dump()
+    else:
+        opts["num_replicas"] = settings.backbone_replicas
+    if settings.max_replicas_per_node is not None:
+        opts["max_replicas_per_node"] = settings.max_replicas_per_node
+    backbone = Backbone.options(**opts).bind(payload, control)
     return Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests).bind(payload, backbone, control)
 
 

@@ -59,6 +59,22 @@ class Fallback(_Strict):
     min_detect_confidence: float = Field(0.5, ge=0, le=1, description="below: treated as an unknown language")
 
 
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling of the backbone deployment (replaces ``backbone_replicas``)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0, description="in-flight requests per replica to aim for")
+    upscale_delay_s: float = Field(5, ge=0)
+    downscale_delay_s: float = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+
 # Language codes and close relatives seen in requests -> a served adapter (ISO 639-1/-3 aliases,
 # macro-languages, close varieties). Used only when the requested language has no adapter.
 DEFAULT_RELATED = {
@@ -78,7 +94,11 @@ class Settings(_Strict):
     api_key: SecretStr | None = Field(None, description="if set, every endpoint needs header X-API-Key; admin always")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    backbone_replicas: int = Field(1, ge=1)
+    backbone_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
+    autoscaling: Autoscaling | None = None
+    backbone_num_cpus: float = Field(1, ge=0)
+    backbone_num_gpus: float = Field(0, ge=0, description="1 on a GPU node (then device: auto picks cuda)")
+    max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads backbone replicas across nodes")
     ingress_max_ongoing_requests: int = Field(1024, ge=1)
     backbone_max_ongoing_requests: int = Field(1024, ge=1)
     retry_after_s: int = Field(1, ge=1)

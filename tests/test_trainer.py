@@ -164,3 +164,26 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
 def test_cli_bad_input_errors(tmp_path, capsys, argv, message):
     assert main([*argv, "--store", str(tmp_path), "--backbone", TINY, "--no-progress", "--steps", "1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_mlm_head_is_copied_from_a_checkpoint_that_has_one(tmp_path):
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    from madx.backbone import xlmr_tokenizer
+    from madx.train import load_mlm_head
+
+    tok = xlmr_tokenizer()
+    torch.manual_seed(0)
+    lm = XLMRobertaForMaskedLM(XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=64,
+                                                max_position_embeddings=66, pad_token_id=1))
+    ckpt = tmp_path / "ckpt"
+    lm.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    store = tmp_path / "store"
+    assert main(["mlm-head", "--store", str(store), "--backbone", str(ckpt), "--from-backbone", "--no-progress"]) == 0
+    bb = load_backbone(str(ckpt))
+    head = load_mlm_head(MadxModel(bb.model, bb.name), store)
+    h = torch.randn(5, 32)
+    with torch.no_grad():
+        assert torch.allclose(head(h), lm.lm_head(h), atol=1e-5)

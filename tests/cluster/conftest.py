@@ -1,4 +1,5 @@
-"""One local Ray cluster + Serve app for every test in this folder (about 30 s to start)."""
+"""One local 2-node Ray cluster (head + worker raylet on 127.0.0.1) with the Serve app, shared by every
+test in this folder (about 40 s to start). Backbone replicas are spread one per node."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def free_port() -> int:
 def served(tmp_path_factory):
     import ray
     from ray import serve
+    from ray.cluster_utils import Cluster
 
     from serving.deployments import build
     from serving.settings import load_settings
@@ -32,12 +34,14 @@ def served(tmp_path_factory):
     port = free_port()
     key = "cluster-test-key"
     settings = load_settings(env={}, backbone=BACKBONE, adapter_store=str(store), port=port, api_key=key,
-                             batching={"max_wait_ms": 20})
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=4)
+                             batching={"max_wait_ms": 20}, backbone_replicas=2, max_replicas_per_node=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(settings), name="madx", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", headers={"X-API-Key": key}).status_code == 200:
@@ -45,5 +49,6 @@ def served(tmp_path_factory):
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    yield {"url": url, "headers": {"X-API-Key": key}, "store": store}
+    yield {"url": url, "headers": {"X-API-Key": key}, "store": store, "nodes": [n["NodeID"] for n in ray.nodes()]}
     ray.shutdown()
+    cluster.shutdown()
