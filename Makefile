@@ -9,7 +9,7 @@ test:
 	$(PY) -m pytest -q tests
 
 lint:
-	$(PY) -m ruff check madx serving tests benchmarks scripts
+	$(PY) -m ruff check madx serving tests benchmarks scripts loadtests
 
 verify-e5:
 	$(PY) -m madx.cli verify-e5

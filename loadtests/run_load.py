@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     url = args.url or f"http://127.0.0.1:{args.port}"
     if args.url is None:
-        cmd = [sys.executable, "-m", "serving.main", "--port", str(args.port)] + (["--config", args.config] if args.config else [])
+        cmd = [sys.executable, "-m", "serving.main", "--port", str(args.port)]
+        cmd += ["--config", args.config] if args.config else []
         proc = subprocess.Popen(cmd, stdout=open(args.out / "server.log", "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:

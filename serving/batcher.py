@@ -33,6 +33,7 @@ class Row:
     ids: list[int]
     stack: AdapterStack
     future: asyncio.Future
+    request: int = 0
 
 
 RunFn = Callable[[list[list[int]], list[AdapterStack]], list[torch.Tensor]]
@@ -56,7 +57,9 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list
 
 class Batcher:
     def __init__(self, run: RunFn, max_batch_tokens: int, max_batch_rows: int, max_wait_ms: float,
-                 max_queue_rows: int, metrics: Metrics) -> None:
+                 max_queue_rows: int, metrics: Metrics, policy: str = "mixed") -> None:
+        self.policy = policy
+        self._requests = 0
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
         self.max_wait, self.max_queue, self.m = max_wait_ms / 1000, max_queue_rows, metrics
         self.queue: deque[Row] = deque()
@@ -77,7 +80,8 @@ class Batcher:
             self.m.rejected.labels(self.m.replica).inc()
             raise Overloaded(f"{len(self.queue)} windows are queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        rows = [Row(list(s), st, loop.create_future()) for s, st in zip(seqs, stacks, strict=True)]
+        self._requests += 1
+        rows = [Row(list(s), st, loop.create_future(), self._requests) for s, st in zip(seqs, stacks, strict=True)]
         self.queue.extend(rows)
         self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
         self._wake.set()
@@ -106,8 +110,7 @@ class Batcher:
             take = [self.queue.popleft() for _ in range(len(self.queue))]
             take = [r for r in take if not r.future.cancelled()]
             self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
-            for idx in plan_batches([len(r.ids) for r in take], self.max_tokens, self.max_rows):
-                rows = [take[i] for i in idx]
+            for rows in self._batches(take):
                 try:
                     out = await loop.run_in_executor(self.pool, self._forward, rows)
                 except Exception as e:  # noqa: BLE001 - delivered to every waiting request
@@ -121,12 +124,28 @@ class Batcher:
             if self.queue:
                 self._wake.set()
 
+    def _batches(self, take: list[Row]) -> list[list[Row]]:
+        """mixed: one length-sorted plan over everything queued (ours). group_by_stack: rows only
+        share a pass with rows of the same stack. per_request: each request runs alone (what
+        per-request adapter switching does)."""
+        if self.policy == "mixed":
+            groups = [take]
+        else:
+            key = (lambda r: r.stack) if self.policy == "group_by_stack" else (lambda r: r.request)
+            by: dict = {}
+            for r in take:
+                by.setdefault(key(r), []).append(r)
+            groups = list(by.values())
+        return [[g[i] for i in idx] for g in groups
+                for idx in plan_batches([len(r.ids) for r in g], self.max_tokens, self.max_rows)]
+
     def _forward(self, rows: list[Row]) -> list[torch.Tensor]:
         t0 = time.perf_counter()
         out = self.run([r.ids for r in rows], [r.stack for r in rows])
         rep = self.m.replica
         self.m.forward_seconds.labels(rep).observe(time.perf_counter() - t0)
         self.m.batch_rows.labels(rep).observe(len(rows))
+        self.m.tokens.labels(rep).inc(sum(len(r.ids) for r in rows))
         self.m.batch_tokens.labels(rep).observe(len(rows) * max(len(r.ids) for r in rows))
         stacks: dict[str, int] = {}
         for r in rows:

@@ -104,7 +104,8 @@ class Engine:
         self.ner_window = min(b.ner_window, self.model.max_positions)
         self.qa_window = min(b.qa_window, self.model.max_positions)
         self.qa_stride = min(b.qa_stride, self.qa_window // 3)
-        self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m)
+        self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
+                               b.policy)
         self.ready = True
 
     # ------------------------------------------------------------------ what is served

@@ -30,6 +30,7 @@ class Metrics:
         # backbone replica
         lbl = ["replica"]
         self.batch_rows = Histogram("madx_batch_rows", "rows (windows) per forward pass", lbl, buckets=ROW_BUCKETS, registry=r)
+        self.tokens = Counter("madx_tokens", "real (unpadded) tokens through the model", lbl, registry=r)
         self.batch_tokens = Histogram("madx_batch_padded_tokens", "padded tokens per forward pass", lbl,
                                       buckets=TOKEN_BUCKETS, registry=r)
         self.batch_stacks = Histogram("madx_batch_distinct_stacks", "distinct (language, task) stacks per forward pass",

@@ -40,6 +40,8 @@ class Batching(_Strict):
     ner_window: int = Field(256, ge=16, description="tokens per NER window (long texts use several)")
     qa_window: int = Field(384, ge=32)
     qa_stride: int = Field(128, ge=0, description="tokens shared by consecutive QA windows")
+    policy: Literal["mixed", "group_by_stack", "per_request"] = Field(
+        "mixed", description="mixed: any stacks share a pass (ours); the others exist for benchmarks")
 
     @model_validator(mode="after")
     def _stride(self) -> Batching:

@@ -199,3 +199,19 @@ def test_overload_refuses_at_once(make_engine):
 ])
 def test_plan_batches(lengths, budget, rows, want):
     assert plan_batches(lengths, budget, rows) == want
+
+
+@pytest.mark.parametrize("policy", ["group_by_stack", "per_request"])
+def test_comparison_policies_give_the_same_answers(make_engine, engine, policy):
+    other = make_engine(batching={"policy": policy})
+
+    async def burst(eng):
+        return await asyncio.gather(*(eng.ner([TEXT[lang][i % 3]], lang, False)
+                                      for i, lang in enumerate(["en", "sw", "de"] * 3)))
+
+    for a, b in zip(run(burst(engine)), run(burst(other)), strict=True):
+        ea, eb = a["results"][0]["entities"], b["results"][0]["entities"]
+        assert [(e["start"], e["end"], e["label"]) for e in ea] == [(e["start"], e["end"], e["label"]) for e in eb]
+    rows = other.m.registry.get_sample_value("madx_batch_distinct_stacks_sum", {"replica": "local"})
+    passes = other.m.registry.get_sample_value("madx_batch_distinct_stacks_count", {"replica": "local"})
+    assert rows == passes  # never more than one stack per pass

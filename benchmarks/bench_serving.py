@@ -1,0 +1,223 @@
+"""Serving benchmark: the ratios our users care about, in ONE run on one machine.
+
+    python benchmarks/bench_serving.py --requests 192 --concurrency 48 --http-seconds 40 --json docs/bench_serving_cpu.json
+
+1. backbone-only forward over the same windows, same token budget (the limit);
+2. the engine (routing, tokenisation, windows, batching, decoding; no HTTP) on mixed-language
+   traffic and on uniform traffic (one stack), and with two other batching policies on the mixed
+   traffic: group-by-stack batches and per-request adapter switching (each request alone);
+3. cold adapter load time (disk -> device, CPU cache -> device);
+4. served over HTTP (Ray Serve on this machine, locust as a subprocess): throughput and latency.
+
+Token throughput counts real (unpadded) tokens of the model windows each request needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "loadtests"))
+sys.path.insert(0, str(ROOT))
+
+from traffic import SENTENCES, WEIGHTS  # noqa: E402
+
+from madx.features import ner_features  # noqa: E402
+from madx.train import pad  # noqa: E402
+from serving.engine import Engine  # noqa: E402
+from serving.settings import load_settings  # noqa: E402
+from serving.text import split_words  # noqa: E402
+
+
+def workload(n: int, seed: int, uniform: bool) -> list[tuple[str, str]]:
+    """(text, language) NER requests of 1-3 sentences; uniform: the same texts, all routed as 'en'."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        lang = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        k = rng.choice([1, 1, 2, 3])
+        text = " ".join(SENTENCES[lang][(i + rng.randrange(2)) % 2] for i in range(k))
+        out.append((text, "en" if uniform else lang))
+    return out
+
+
+def windows(engine: Engine, reqs) -> list[list[int]]:
+    return [f.input_ids for t, _ in reqs
+            for f in ner_features(engine.tok, [[w.text for w in split_words(t)]], None, engine.ner_window)]
+
+
+def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int) -> float:
+    """HF encoder forward (no adapters), length-sorted batches under the same token budget."""
+    from serving.batcher import plan_batches
+
+    b = engine.s.batching
+    batches = plan_batches([len(s) for s in seqs], b.max_batch_tokens, b.max_batch_rows)
+    enc = engine.model.backbone
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for idx in batches:
+                ids = pad([seqs[i] for i in idx], engine.tok.pad_token_id)
+                enc(input_ids=ids, attention_mask=(ids != engine.tok.pad_token_id).long())
+        best = min(best, time.perf_counter() - t0)
+    return sum(map(len, seqs)) / best
+
+
+def bench_engine(engine: Engine, reqs, concurrency: int, repeats: int, policy: str) -> dict:
+    engine.batcher.policy = policy
+    ntok = sum(map(len, windows(engine, reqs)))
+
+    async def once() -> tuple[float, list[float]]:
+        sem = asyncio.Semaphore(concurrency)
+        lat: list[float] = []
+
+        async def one(text, lang):
+            async with sem:
+                t = time.perf_counter()
+                await engine.ner([text], lang)
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(t, lang) for t, lang in reqs))
+        return time.perf_counter() - t0, lat
+
+    runs = [asyncio.run(once()) for _ in range(repeats)]
+    wall, lat = min(runs, key=lambda r: r[0])
+    lat.sort()
+    engine.batcher.policy = "mixed"
+    return {"tokens_per_s": ntok / wall, "requests_per_s": len(reqs) / wall, "seconds": wall,
+            "p50_ms": 1000 * lat[len(lat) // 2], "p95_ms": 1000 * lat[int(len(lat) * 0.95)]}
+
+
+def bench_cold_load(engine: Engine) -> dict:
+    c = engine.cache
+    out = {}
+    for tier in ("disk", "cpu"):
+        times = []
+        for name in sorted(c.served("language")):
+            c._unload(name)
+            if tier == "disk":
+                c.cpu.pop(name, None)
+            t0 = time.perf_counter()
+            c.ensure({name})
+            times.append(time.perf_counter() - t0)
+        out[f"{tier}_ms_mean"] = 1000 * sum(times) / len(times)
+        out[f"{tier}_ms_max"] = 1000 * max(times)
+    return out
+
+
+def bench_http(seconds: int, users: int, port: int) -> dict:
+    """Start madx-serve (Ray, local), run locust closed-loop, read tokens served from /metrics."""
+    import httpx
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = open(ROOT / ".bench-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "serving.main", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("server did not start; see .bench-server.log")
+            time.sleep(1)
+
+        def tokens() -> float:
+            text = httpx.get(f"{url}/metrics").text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("madx_tokens_total{"))
+
+        prefix = ROOT / ".bench-locust"
+        lenv = {**env, "MADX_USER_RPS": "1000"}  # closed loop: each user sends as fast as it is answered
+        # warm up, then measure
+        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless", "-u",
+                        str(users), "-r", str(users), "-t", "8s", "--host", url, "--only-summary", "--loglevel", "ERROR"],
+                       env=lenv, stdout=subprocess.DEVNULL, check=False)
+        time.sleep(2.5)
+        t0, k0 = time.monotonic(), tokens()
+        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless", "-u",
+                        str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+                        "--only-summary", "--loglevel", "ERROR"], env=lenv, stdout=subprocess.DEVNULL, check=False)
+        time.sleep(2.5)  # replicas push their metrics every second
+        k1, t1 = tokens(), time.monotonic()
+        import csv
+
+        agg = [r for r in csv.DictReader(open(f"{prefix}_stats.csv")) if r["Name"] == "Aggregated"][0]
+        return {"users": users, "seconds": seconds, "requests": int(agg["Request Count"]),
+                "failures": int(agg["Failure Count"]), "requests_per_s": float(agg["Requests/s"]),
+                "tokens_per_s": (k1 - k0) / (t1 - t0 - 5.0), "p50_ms": float(agg["50%"]), "p95_ms": float(agg["95%"]),
+                "p99_ms": float(agg["99%"])}
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=192)
+    ap.add_argument("--concurrency", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--http-seconds", type=int, default=40, help="0 skips the HTTP part")
+    ap.add_argument("--http-users", type=int, default=48)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    engine = Engine(load_settings(env={}))
+    mixed, uniform = workload(args.requests, 0, False), workload(args.requests, 0, True)
+    seqs = windows(engine, mixed)
+    res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                            f"{torch.get_num_threads()} threads",
+                 "backbone": engine.model.backbone_name, "requests": args.requests, "windows": len(seqs),
+                 "tokens": sum(map(len, seqs)), "stacks_in_mixed": len({lang for _, lang in mixed}),
+                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    asyncio.run(engine.ner(["warm up"], "en"))
+    bench_backbone(engine, seqs[:64], 1)
+    res["backbone_only"] = {"tokens_per_s": bench_backbone(engine, seqs, args.repeats)}
+    for name, reqs, policy in (("engine_uniform", uniform, "mixed"), ("engine_mixed", mixed, "mixed"),
+                               ("engine_group_by_stack", mixed, "group_by_stack"),
+                               ("engine_per_request", mixed, "per_request")):
+        res[name] = bench_engine(engine, reqs, args.concurrency, args.repeats, policy)
+        print(name, {k: round(v, 1) for k, v in res[name].items()}, flush=True)
+    res["cold_load"] = bench_cold_load(engine)
+    del engine
+    if args.http_seconds:
+        res["http_mixed"] = bench_http(args.http_seconds, args.http_users, args.port)
+    b = res["backbone_only"]["tokens_per_s"]
+    res["ratios"] = {
+        "engine_mixed / engine_uniform": res["engine_mixed"]["tokens_per_s"] / res["engine_uniform"]["tokens_per_s"],
+        "engine_mixed / backbone_only": res["engine_mixed"]["tokens_per_s"] / b,
+        "engine_mixed / per_request": res["engine_mixed"]["tokens_per_s"] / res["engine_per_request"]["tokens_per_s"],
+        "engine_mixed / group_by_stack": res["engine_mixed"]["tokens_per_s"] / res["engine_group_by_stack"]["tokens_per_s"],
+    }
+    if "http_mixed" in res:
+        res["ratios"]["http_served / backbone_only"] = res["http_mixed"]["tokens_per_s"] / b
+    print(json.dumps(res, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
