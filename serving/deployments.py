@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -104,7 +105,7 @@ class Backbone:
             node = ray.get_runtime_context().get_node_id()[:12]
         except Exception:  # noqa: BLE001
             node = "local"
-        self.engine.m.info.labels(rid, node).set(1)
+        self.engine.m.info.labels(rid, node, str(os.getpid())).set(1)
         self.control = control
         self.version = 0
         self._sync = asyncio.get_running_loop().create_task(self._sync_loop())
@@ -149,14 +150,28 @@ class Backbone:
 
 
 class RayBackend:
-    def __init__(self, backbone, control) -> None:
-        self.backbone, self.control = backbone, control
+    def __init__(self, backbone, control, retries: int = 2) -> None:
+        self.backbone, self.control, self.retries = backbone, control, retries
+
+    async def _call(self, method: str, *args) -> Any:
+        """NER and QA are pure functions of the request, so a call that died with its replica
+        (killed, OOM, node lost) is retried on another one, ``retries`` times."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        for attempt in range(self.retries + 1):
+            try:
+                return _unwrap(await getattr(self.backbone, method).remote(*args))
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == self.retries:
+                    raise
+                log.warning("backbone replica failed during %s; retrying (%d/%d)", method, attempt + 1, self.retries)
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     async def ner(self, texts, language, return_tokens):
-        return _unwrap(await self.backbone.ner.remote(texts, language, return_tokens))
+        return await self._call("ner", texts, language, return_tokens)
 
     async def qa(self, question, context, language, top_k, max_answer_tokens):
-        return _unwrap(await self.backbone.qa.remote(question, context, language, top_k, max_answer_tokens))
+        return await self._call("qa", question, context, language, top_k, max_answer_tokens)
 
     async def describe(self):
         return await self.backbone.describe.remote()
@@ -193,7 +208,7 @@ class Ingress:
     def __init__(self, settings: dict[str, Any], backbone, control) -> None:
         self.settings = Settings.model_validate(settings)
         self.metrics = Metrics(replica="ingress")
-        self.backend = RayBackend(backbone, control)
+        self.backend = RayBackend(backbone, control, self.settings.replica_failure_retries)
 
     def __serve_build_asgi_app__(self):
         return build_app(self.backend, self.settings, self.metrics)

@@ -47,8 +47,8 @@ class Metrics:
         self.load_seconds = Histogram("madx_adapter_load_seconds", "time to make an adapter resident, by source tier",
                                       ["replica", "tier"], buckets=LOAD_BUCKETS, registry=r)
         self.resident = Gauge("madx_adapters_resident", "adapters resident on the device", lbl, registry=r)
-        self.info = Gauge("madx_replica_info", "1 per live backbone replica, labelled with its Ray node", ["replica", "node"],
-                          registry=r)
+        self.info = Gauge("madx_replica_info", "1 per live backbone replica, labelled with its Ray node and process",
+                          ["replica", "node", "pid"], registry=r)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

@@ -104,6 +104,7 @@ class Settings(_Strict):
     ingress_max_ongoing_requests: int = Field(1024, ge=1)
     backbone_max_ongoing_requests: int = Field(1024, ge=1)
     retry_after_s: int = Field(1, ge=1)
+    replica_failure_retries: int = Field(2, ge=0, description="retries of a request whose backbone replica died")
     request_timeout_s: float = Field(60.0, gt=0)
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)

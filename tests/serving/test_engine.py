@@ -215,3 +215,14 @@ def test_comparison_policies_give_the_same_answers(make_engine, engine, policy):
     rows = other.m.registry.get_sample_value("madx_batch_distinct_stacks_sum", {"replica": "local"})
     passes = other.m.registry.get_sample_value("madx_batch_distinct_stacks_count", {"replica": "local"})
     assert rows == passes  # never more than one stack per pass
+
+
+def test_serving_path_never_unpickles():
+    """Security: nothing under serving/ (nor the artifact loader) can deserialize pickle."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for f in [*(root / "serving").glob("*.py"), root / "madx" / "artifacts.py"]:
+        text = f.read_text()
+        for bad in ("import pickle", "torch.load(", "cloudpickle", "pickle.load"):
+            assert bad not in text, f"{f.name} contains {bad!r}"

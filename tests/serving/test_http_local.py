@@ -148,3 +148,21 @@ def test_internal_errors_never_leak_details(engine, monkeypatch):
     assert r.status_code == 500 and "internal error (id " in r.json()["error"]
     assert "secret" not in r.text and "Traceback" not in r.text
     json.loads(r.text)
+
+
+def test_burst_of_ten_times_capacity_gets_503s_and_recovers(make_engine):
+    eng = make_engine(batching={"max_queue_rows": 8, "max_wait_ms": 20})
+
+    async def go():
+        async with client_for(eng) as c:
+            burst = await asyncio.gather(*(c.post("/v1/ner", json={"text": f"Rais wa Kenya {i}", "language": "sw"})
+                                           for i in range(80)))
+            after = await c.post("/v1/ner", json={"text": "Rais wa Kenya", "language": "sw"})
+            return burst, after
+
+    burst, after = asyncio.run(go())
+    codes = [r.status_code for r in burst]
+    assert set(codes) == {200, 503} and codes.count(200) >= 8
+    assert all(r.headers["Retry-After"] == "1" for r in burst if r.status_code == 503)
+    assert after.status_code == 200  # recovered without a restart
+    assert eng.batcher.queued == 0
