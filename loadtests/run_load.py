@@ -4,9 +4,9 @@
     python loadtests/run_load.py --url http://127.0.0.1:8000 ...        # against a running server
     python loadtests/run_load.py --ramp 4,16,32,16,4 --step-s 60 ...    # a stepped ramp (autoscaling)
 
-Writes ``summary.json`` and ``summary.md`` (p50/p95/p99, throughput, errors, and the backbone
-replica count sampled every 2 s from /metrics). Locust runs as a subprocess: it is never imported
-next to ray (gevent).
+Writes ``summary.json`` and ``summary.md`` (p50/p95/p99, throughput, errors, p99 drift over long
+runs, and every 2 s the backbone replica count from /metrics and the server's RSS). Locust runs
+as a subprocess: it is never imported next to ray (gevent).
 """
 
 from __future__ import annotations
@@ -52,10 +52,48 @@ def replicas(url: str, headers: dict) -> int | None:
     return len(reps)
 
 
+def tree_rss_mb(pid: int | None) -> float | None:
+    """Resident memory of the server and all its children (Ray workers, replicas), MiB."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return round(total / 2**20, 1)
+
+
+def p99_drift(csv_prefix: Path, window_s: int = 60) -> dict | None:
+    """p99 (locust's sliding window) early vs late in a long run, from the full history CSV."""
+    path = Path(f"{csv_prefix}_stats_history.csv")
+    if not path.exists():
+        return None
+    rows = [r for r in csv.DictReader(open(path)) if r["Name"] == "Aggregated" and r["99%"] not in ("N/A", "")]
+    if len(rows) < 3:
+        return None
+    t0 = int(rows[0]["Timestamp"])
+    early = [float(r["99%"]) for r in rows if window_s <= int(r["Timestamp"]) - t0 < 2 * window_s]
+    t1 = int(rows[-1]["Timestamp"])
+    late = [float(r["99%"]) for r in rows if t1 - int(r["Timestamp"]) < window_s]
+    if not early or not late:
+        return None
+    e, l_ = sorted(early)[len(early) // 2], sorted(late)[len(late) // 2]
+    return {"p99_ms_minute_2": e, "p99_ms_last_minute": l_, "drift": round(l_ / e, 3) if e else None}
+
+
 def run_locust(url: str, users: int, spawn: float, seconds: int, csv_prefix: Path, env: dict) -> None:
     cmd = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(users),
            "-r", str(spawn), "-t", f"{seconds}s", "--host", url, "--csv", str(csv_prefix), "--only-summary",
-           "--stop-timeout", "10", "--loglevel", "WARNING"]
+           "--csv-full-history", "--stop-timeout", "10", "--loglevel", "WARNING"]
     subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL)
 
 
@@ -100,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(url, headers, args.ready_timeout, proc)
         startup = time.monotonic() - t0
         env = {**os.environ, "MADX_USER_RPS": str(args.user_rps)}
-        samples: list[tuple[float, int | None]] = []
+        samples: list[tuple[float, int | None, float | None]] = []
         stop = threading.Event()
 
         def sample() -> None:
             s0 = time.monotonic()
             while not stop.is_set():
-                samples.append((round(time.monotonic() - s0, 1), replicas(url, headers)))
+                samples.append((round(time.monotonic() - s0, 1), replicas(url, headers),
+                                tree_rss_mb(proc.pid if proc else None)))
                 stop.wait(2)
 
         th = threading.Thread(target=sample, daemon=True)
@@ -116,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, users in enumerate(steps):
             prefix = args.out / f"step{i}"
             run_locust(url, users, args.spawn_rate, args.step_s if args.ramp else args.duration, prefix, env)
-            results.append({"users": users, **read_stats(prefix)["all"]})
+            results.append({"users": users, **read_stats(prefix)["all"], "p99_drift": p99_drift(prefix)})
         if args.ramp:  # watch the scale-down after the last step
             time.sleep(min(90, args.step_s))
         stop.set()
@@ -128,15 +167,19 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+    rss = [m for _, _, m in samples if m is not None]
     summary = {"url": url, "startup_s": round(startup, 1), "user_rps": args.user_rps, "steps": results,
-               "replicas_over_time": samples, "command": " ".join(sys.argv)}
+               "rss_mb": {"first": rss[0], "last": rss[-1], "peak": max(rss)} if rss else None,
+               "samples_t_replicas_rssmb": samples, "command": " ".join(sys.argv)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["| users | requests | failures | req/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['users']} | {r['requests']} | {r['failures']} | {r['rps']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
               f"{r['p99_ms']:.0f} |" for r in results]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"replicas over time (s, count): {samples}")
+    print(f"(seconds, backbone replicas, server RSS MiB) every 2 s: {samples}")
+    if rss:
+        print(f"RSS MiB: first {rss[0]}, last {rss[-1]}, peak {max(rss)}")
     return 0 if all(r["failures"] == 0 for r in results) else 1
 
 
