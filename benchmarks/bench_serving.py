@@ -121,23 +121,13 @@ def bench_cold_load(engine: Engine) -> dict:
 def bench_http(seconds: int, users: int, port: int) -> dict:
     """Start madx-serve (Ray, local), run locust closed-loop, read tokens served from /metrics."""
     import httpx
+    from run_load import start_server, stop_server, wait_ready
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    log = open(ROOT / ".bench-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.main", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_server(port, ROOT / ".bench-server.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("server did not start; see .bench-server.log")
-            time.sleep(1)
+        wait_ready(url, {}, 300, proc)
 
         def tokens() -> float:
             text = httpx.get(f"{url}/metrics").text
@@ -164,13 +154,7 @@ def bench_http(seconds: int, users: int, port: int) -> dict:
                 "tokens_per_s": (k1 - k0) / (t1 - t0 - 5.0), "p50_ms": float(agg["50%"]), "p95_ms": float(agg["95%"]),
                 "p99_ms": float(agg["99%"])}
     finally:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_server(proc)
 
 
 def main(argv=None) -> int:

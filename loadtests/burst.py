@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,7 +19,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_load import tree_rss_mb, wait_ready  # noqa: E402
+from run_load import start_server, stop_server, tree_rss_mb, wait_ready  # noqa: E402
 from traffic import SENTENCES  # noqa: E402
 
 
@@ -56,9 +53,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "MADX_BATCHING__MAX_QUEUE_ROWS": str(args.queue_rows)}
-    proc = subprocess.Popen([sys.executable, "-m", "serving.main", "--port", str(args.port)], env=env,
-                            stdout=open(args.out / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_server(args.port, args.out / "server.log", env={"MADX_BATCHING__MAX_QUEUE_ROWS": str(args.queue_rows)})
     try:
         wait_ready(url, {}, 300, proc)
         httpx.post(f"{url}/v1/ner", json={"text": "warm up", "language": "en"}, timeout=60)
@@ -84,11 +79,7 @@ def main(argv=None) -> int:
                "rss_mb_peak": max(peak), "rss_mb_after": tree_rss_mb(proc.pid), "after_burst_statuses": after,
                "command": " ".join(sys.argv)}
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_server(proc)
     (args.out / "burst.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     ok = missing == 0 and all(c == 200 for c in after) and set(codes) <= {200, 503}

@@ -41,6 +41,21 @@ def wait_ready(url: str, headers: dict, timeout: float, proc: subprocess.Popen |
     raise SystemExit(f"{url} not ready after {timeout:.0f}s")
 
 
+def start_server(port: int, log: Path, config: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    """`madx-serve` (Ray, local) in its own process group, output to ``log``."""
+    cmd = [sys.executable, "-m", "serving.main", "--port", str(port)] + (["--config", config] if config else [])
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def replicas(url: str, headers: dict) -> int | None:
     """Live backbone replicas: madx_replica_info series in /metrics (replicas that pushed in the last 5 s)."""
     try:
@@ -129,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     url = args.url or f"http://127.0.0.1:{args.port}"
     if args.url is None:
-        cmd = [sys.executable, "-m", "serving.main", "--port", str(args.port)]
-        cmd += ["--config", args.config] if args.config else []
-        proc = subprocess.Popen(cmd, stdout=open(args.out / "server.log", "w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = start_server(args.port, args.out / "server.log", args.config)
     try:
         t0 = time.monotonic()
         wait_ready(url, headers, args.ready_timeout, proc)
@@ -162,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         th.join()
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_server(proc)
     rss = [m for _, _, m in samples if m is not None]
     summary = {"url": url, "startup_s": round(startup, 1), "user_rps": args.user_rps, "steps": results,
                "rss_mb": {"first": rss[0], "last": rss[-1], "peak": max(rss)} if rss else None,

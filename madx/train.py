@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -417,6 +416,3 @@ def file_provenance(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         out.append({"path": str(p), "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()})
     return out
 
-
-def seconds_to_str(s: float) -> str:
-    return f"{int(s // 60)}m{int(math.fmod(s, 60)):02d}s"

@@ -13,6 +13,17 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def replica_series(served, metric: str = "madx_replica_info") -> list[dict[str, str]]:
+    """Label sets of one metric's series in /metrics (one per live backbone replica for replica_info)."""
+    text = httpx.get(f"{served['url']}/metrics", headers=served["headers"]).text
+    out = []
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            out.append({k: v.strip('"') for k, v in labels.items()})
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,18 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import replica_series
+
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def replica_nodes(served) -> dict[str, str]:
-    text = httpx.get(f"{served['url']}/metrics", headers=served["headers"]).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("madx_replica_info{"):
-            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
-            out[labels["replica"].strip('"')] = labels["node"].strip('"')
-    return out
+    return {s["replica"]: s["node"] for s in replica_series(served)}
 
 
 def test_backbone_replicas_spread_across_both_nodes(served):

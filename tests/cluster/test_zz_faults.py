@@ -12,21 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from .conftest import replica_series
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def replicas(served) -> dict[str, int]:
-    text = httpx.get(f"{served['url']}/metrics", headers=served["headers"]).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("madx_replica_info{"):
-            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
-            out[labels["replica"].strip('"')] = int(labels["pid"].strip('"'))
-    return out
+    return {s["replica"]: int(s["pid"]) for s in replica_series(served)}
 
 
 def test_killed_replica_is_replaced_and_no_request_fails(served, tmp_path):
