@@ -23,8 +23,9 @@ class NerFeature:
 
 
 def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[Sequence[int]] | None,
-                 max_len: int) -> list[NerFeature]:
-    """One or more windows per sentence; every word lands in exactly one window."""
+                 max_len: int, skip_empty: bool = False) -> list[NerFeature]:
+    """One or more windows per sentence; every word lands in exactly one window. A sentence
+    without tokens is an error, or gets no window with ``skip_empty`` (serving: nothing to tag)."""
     out: list[NerFeature] = []
     room = max_len - 2  # <s> ... </s>
     for si, words in enumerate(sentences):
@@ -32,6 +33,8 @@ def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence
         ids, wids = enc["input_ids"], enc.word_ids()
         first = [k == 0 or wids[k] != wids[k - 1] for k in range(len(ids))]  # first sub-word of a word
         if not ids:
+            if skip_empty:
+                continue
             raise ValueError(f"sentence {si} has no tokens")
         # window boundaries at word starts, so a word's sub-words never straddle two windows
         start = 0

@@ -73,13 +73,15 @@ class Batcher:
 
     async def submit(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[torch.Tensor]:
         """Logits (T_i, n_out) per window, once its batch ran."""
+        loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._loop())
+            self._worker = loop.create_task(self._loop())
+        elif self._worker.get_loop() is not loop:
+            raise RuntimeError("this Batcher already serves another event loop (one engine per event loop)")
         if len(self.queue) + len(seqs) > self.max_queue:
             self.m.rejected.labels(self.m.replica).inc()
             raise Overloaded(f"{len(self.queue)} windows are queued (limit {self.max_queue})")
-        loop = asyncio.get_running_loop()
         self._requests += 1
         rows = [Row(list(s), st, loop.create_future(), self._requests) for s, st in zip(seqs, stacks, strict=True)]
         self.queue.extend(rows)

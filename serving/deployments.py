@@ -220,7 +220,8 @@ def build(settings: Settings):
     control = Control.bind()
     opts: dict[str, Any] = {
         "max_ongoing_requests": settings.backbone_max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": settings.backbone_num_cpus, "num_gpus": settings.backbone_num_gpus},
+        "ray_actor_options": {"num_cpus": settings.backbone_num_cpus if settings.backbone_num_cpus is not None
+                              else min(4, os.cpu_count() or 1), "num_gpus": settings.backbone_num_gpus},
     }
     if settings.autoscaling is not None:
         opts["autoscaling_config"] = settings.autoscaling.model_dump()

@@ -124,6 +124,8 @@ class Engine:
                          "refused_adapters": self.cache.refused},
             "detector_languages": self.detector.languages,
             "windows": {"ner": self.ner_window, "qa": self.qa_window, "qa_stride": self.qa_stride},
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
         }
 
     # ------------------------------------------------------------------ routing
@@ -172,10 +174,11 @@ class Engine:
         routes = [self.route("ner", language, t) for t in texts]
         words = [split_words(t) for t in texts]
         try:
-            feats = ner_features(self.tok, [[w.text for w in ws] for ws in words], None, self.ner_window)
+            feats = ner_features(self.tok, [[w.text for w in ws] for ws in words], None, self.ner_window, skip_empty=True)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
-            raise RequestError(422, f"{e}; split it or raise batching.ner_window") from None
-        logits = await self.batcher.submit([f.input_ids for f in feats], [routes[f.sentence].stack for f in feats])
+            raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
+        logits = (await self.batcher.submit([f.input_ids for f in feats], [routes[f.sentence].stack for f in feats])
+                  if feats else [])
         labels = self.model.configs[routes[0].stack.task].head.labels
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
         windows = [0] * len(texts)

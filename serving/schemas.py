@@ -126,6 +126,8 @@ class AdaptersResponse(_Out):
     fallback: dict
     detector_languages: list[str]
     windows: dict[str, int]
+    device: str
+    threads: int
 
 
 class AdminLoad(_In):

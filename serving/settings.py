@@ -98,7 +98,8 @@ class Settings(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     backbone_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")
     autoscaling: Autoscaling | None = None
-    backbone_num_cpus: float = Field(1, ge=0)
+    backbone_num_cpus: float | None = Field(None, ge=0, description="CPUs per backbone replica (also its torch "
+                                            "threads); default min(4, cores of this machine)")
     backbone_num_gpus: float = Field(0, ge=0, description="1 on a GPU node (then device: auto picks cuda)")
     max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads backbone replicas across nodes")
     ingress_max_ongoing_requests: int = Field(1024, ge=1)

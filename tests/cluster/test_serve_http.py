@@ -23,7 +23,9 @@ def test_every_endpoint(served):
     assert res["stack"] == {"language": "en", "task": "ner"} and res["tokens"]
     r = httpx.post(f"{u}/v1/qa", json={"question": "Where?", "context": "It is in Nairobi.", "language": "xx"}, headers=h)
     assert r.status_code == 200 and r.json()["fallback"] == "task_only"
-    assert httpx.get(f"{u}/v1/adapters", headers=h).json()["languages"] == ["de", "en", "sw"]
+    info = httpx.get(f"{u}/v1/adapters", headers=h).json()
+    assert info["languages"] == ["de", "en", "sw"]
+    assert info["threads"] == 2  # the replica's 2 CPUs (Ray sets OMP_NUM_THREADS from num_cpus)
     assert httpx.get(f"{u}/healthz", headers=h).status_code == 200
     assert httpx.get(f"{u}/healthz").status_code == 401
     assert httpx.get(f"{u}/docs", headers=h).status_code == 200

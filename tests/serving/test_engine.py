@@ -226,3 +226,17 @@ def test_serving_path_never_unpickles():
         text = f.read_text()
         for bad in ("import pickle", "torch.load(", "cloudpickle", "pickle.load"):
             assert bad not in text, f"{f.name} contains {bad!r}"
+
+
+@pytest.mark.parametrize("text, status, message", [
+    ("\x7f\x7f", None, None),  # characters the tokenizer drops: no tokens, no entities, no error
+    ("x" * 2000, 422, "text 0: word 'xxxx"),  # one word longer than a window: refused, never cut
+])
+def test_texts_without_tokens_or_with_huge_words(engine, text, status, message):
+    if status is None:
+        res = run(engine.ner([text], "en", True))["results"][0]
+        assert res["entities"] == [] and res["windows"] == 0
+        return
+    with pytest.raises(RequestError) as e:
+        run(engine.ner([text], "en", False))
+    assert e.value.status == status and message in e.value.message
