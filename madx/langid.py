@@ -51,14 +51,20 @@ class Detector:
         return {lang: sum(c * p.get(g, self.floor[lang]) for g, c in grams.items())
                 for lang, p in self.profiles.items()}
 
-    def detect(self, text: str) -> tuple[str | None, float]:
-        """(language, confidence in [0, 1]); (None, 0.0) without profiles or without letters."""
+    def detect(self, text: str, min_coverage: float = 0.3) -> tuple[str | None, float]:
+        """(language, confidence in [0, 1]); (None, 0.0) without profiles or without letters, and
+        when under ``min_coverage`` of the text's n-grams are known to the best language (text in a
+        script no served language uses, e.g. Cyrillic with no Cyrillic adapter)."""
         if not self.profiles or not any(ch.isalpha() for ch in text):
             return None, 0.0
         s = self.scores(text)
         m = max(s.values())
         z = {k: math.exp(0.5 * (v - m)) for k, v in s.items()}  # 0.5: n-grams overlap, so they are not independent
         best = max(z, key=z.get)
+        grams = Counter(_grams(text[:2000]))
+        known = sum(c for g, c in grams.items() if g in self.profiles[best]) / max(1, sum(grams.values()))
+        if known < min_coverage:
+            return None, 0.0
         return best, z[best] / sum(z.values())
 
 

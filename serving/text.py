@@ -5,7 +5,8 @@ entity ``text == input[start:end]`` holds by construction: spans are slices of t
 re-built from normalised or decoded tokens.
 
 Segmentation: whitespace separates words; every punctuation or symbol character is a word of its
-own (as in CoNLL/WikiANN tokenisation); combining marks, format characters (ZWJ, ZWNJ), variation
+own (as in CoNLL/WikiANN tokenisation), and so is every Han ideograph and kana (Chinese and
+Japanese are written without spaces; WikiANN zh/ja tag characters); combining marks, format characters (ZWJ, ZWNJ), variation
 selectors and emoji modifiers stay attached to the character before them, so a grapheme cluster
 is never split.
 """
@@ -24,9 +25,15 @@ class Word:
     end: int
 
 
+CJK = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+
+
 def _kind(ch: str) -> str:
     if ch.isspace():
         return "space"
+    o = ord(ch)
+    if any(a <= o <= b for a, b in CJK):
+        return "single"
     cat = unicodedata.category(ch)
     if cat[0] == "M" or cat in ("Cf", "Sk"):
         return "attach"

@@ -240,3 +240,8 @@ def test_texts_without_tokens_or_with_huge_words(engine, text, status, message):
     with pytest.raises(RequestError) as e:
         run(engine.ner([text], "en", False))
     assert e.value.status == status and message in e.value.message
+
+
+def test_text_in_a_script_no_served_language_uses_is_undetermined(engine):
+    r = engine.route("ner", None, "Владимир Путин встретился с делегацией в Москве.")
+    assert (r.source, r.stack.language, r.fallback) == ("undetermined", None, "task_only")

@@ -15,7 +15,7 @@ from serving.text import entities_from_words, split_words
     ("👩\u200d💻 works 👍🏽", ["👩\u200d💻", "works", "👍🏽"]),  # ZWJ sequence, skin-tone modifier
     ("e\u0301te\u0301  café\n", ["e\u0301te\u0301", "café"]),  # combining acute accents
     ("\u0301abc", ["\u0301abc"]),  # a leading mark is kept, not dropped
-    ("東京都に住む", ["東京都に住む"]),  # no spaces: one word (the tokenizer splits it further)
+    ("東京都に住むABC", ["東", "京", "都", "に", "住", "む", "ABC"]),  # Han and kana: one word per character
     ("   ", []),
 ])
 def test_split_words_offsets_are_slices(text, words):
