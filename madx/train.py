@@ -389,7 +389,13 @@ def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile
 
 def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequence[QAExample], max_len: int = 384,
                 stride: int = 128, progress: bool = False, desc: str = "eval qa") -> dict[str, Any]:
-    """SQuAD v1.1 EM/F1 over all windows of each context (doc stride, nothing truncated)."""
+    """SQuAD v1.1 EM/F1 over all windows of each context (doc stride, nothing truncated).
+    Questions whose gold answers are all empty strings cannot be scored: an error if all are (a
+    file with its labels stripped), else they are left out and counted."""
+    unscorable = [ex.id for ex in examples if not any(a for a, _ in ex.answers)]
+    if len(unscorable) == len(examples):
+        raise ValueError(f"all {len(examples)} questions have empty gold answers (labels stripped?); cannot score")
+    examples = [ex for ex in examples if any(a for a, _ in ex.answers)]
     wins, owner = [], []
     for i, ex in enumerate(examples):
         for w in qa_windows(tokenizer, ex.question, ex.context, max_len, stride):
@@ -405,8 +411,8 @@ def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequ
         spans = best_spans([wins[k].offsets for k in ks], [logits[k][:, 0] for k in ks], [logits[k][:, 1] for k in ks])
         ctx = examples[i].context
         preds[examples[i].id] = ctx[spans[0].start:spans[0].end] if spans else ""
-    golds = {ex.id: [a for a, _ in ex.answers] for ex in examples if ex.answers}
-    return squad_scores(preds, golds)
+    golds = {ex.id: [a for a, _ in ex.answers if a] for ex in examples}
+    return {**squad_scores(preds, golds), "unscorable_empty_gold": len(unscorable)}
 
 
 def file_provenance(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ lang() {  # lang CODE MIN_CHARS EXCLUDE... -- TEXT...
   done
 }
 lang en 20 "$W/test-en.tsv" "$X/xquad.en.json" -- "$TXT/en.txt"
-lang sw 20 "$W/test-sw.tsv" "$TY/dev/tydiqa.goldp.sw.dev.json" -- "$U/masakhane_ner_text_by_language/swahili/voa_clean_final.txt"
+lang sw 20 "$W/test-sw.tsv" "$TY/train/tydiqa.goldp.sw.train.json" -- "$U/masakhane_ner_text_by_language/swahili/voa_clean_final.txt"
 lang yo 20 "$W/test-yo.tsv" -- "$U/masakhane_ner_text_by_language/yoruba/yoruba.txt"
 lang rw 20 "$W/test-rw.tsv" -- "$U/masakhane_ner_text_by_language/kinyarwanda/kinyarwanda.txt"
 lang qu 10 "$W/test-qu.tsv" -- "$U/americasnlp2021/quechua-spanish/dev.quy" "$U/bible_corpus/Quichua-NT.xml"
@@ -82,15 +82,17 @@ task qa-s0 0 en "${QA_TRAIN[@]}"
 # 4. Zero-shot evaluation: swap the language adapter.
 NER_TEST=(en="$W/test-en.tsv" sw="$W/test-sw.tsv" yo="$W/test-yo.tsv" rw="$W/test-rw.tsv" qu="$W/test-qu.tsv"
           my="$W/test-my.tsv" is="$W/test-is.tsv" ar="$W/test-ar.tsv" zh="$W/test-zh.tsv")
-QA_TEST=(en="$X/xquad.en.json" ar="$X/xquad.ar.json" zh="$X/xquad.zh.json" sw="$TY/dev/tydiqa.goldp.sw.dev.json")
+# sw: TyDiQA-GoldP sw *train* (never trained on: QA is trained on English only); the dev files here
+# have their gold answers stripped (every answer is an empty string), so they cannot be scored.
+QA_TEST=(en="$X/xquad.en.json" ar="$X/xquad.ar.json" zh="$X/xquad.zh.json" sw="$TY/train/tydiqa.goldp.sw.train.json")
 E="eval --store $STORE --threads 2 --no-progress --out $OUT"
 rm -f "$OUT"
 for s in $NER_SEEDS; do
   $T $E --task-adapter ner-taskonly-s$s --no-lang-adapter --row "(a) task adapter only" --seed-label $s --max-examples 1000 --test "${NER_TEST[@]}"
-  $T $E --task-adapter ner-noinv-s$s --lang-suffix -noinv --row "(b) MAD-X without inv" --seed-label $s --max-examples 1000 --test "${NER_TEST[@]}"
+  $T $E --task-adapter ner-noinv-s$s --lang-suffix=-noinv --row "(b) MAD-X without inv" --seed-label $s --max-examples 1000 --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-s$s --row "(c) MAD-X" --seed-label $s --max-examples 1000 --test "${NER_TEST[@]}"
 done
 $T $E --task-adapter qa-taskonly-s0 --no-lang-adapter --row "(a) task adapter only" --max-examples "$QA_EVAL_MAX" --max-len 384 --test "${QA_TEST[@]}"
-$T $E --task-adapter qa-noinv-s0 --lang-suffix -noinv --row "(b) MAD-X without inv" --max-examples "$QA_EVAL_MAX" --max-len 384 --test "${QA_TEST[@]}"
+$T $E --task-adapter qa-noinv-s0 --lang-suffix=-noinv --row "(b) MAD-X without inv" --max-examples "$QA_EVAL_MAX" --max-len 384 --test "${QA_TEST[@]}"
 $T $E --task-adapter qa-s0 --row "(c) MAD-X" --max-examples "$QA_EVAL_MAX" --max-len 384 --test "${QA_TEST[@]}"
 $T report "$OUT"
