@@ -39,20 +39,31 @@ class Row:
 RunFn = Callable[[list[list[int]], list[AdapterStack]], list[torch.Tensor]]
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
-    """Indices sorted by length, cut into consecutive batches whose padded size (rows x longest)
-    stays within ``max_tokens`` (a single longer row still gets its own batch)."""
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int, pass_cost: int = 128) -> list[list[int]]:
+    """Indices sorted by length, cut into consecutive batches that minimise padded tokens plus
+    ``pass_cost`` token-equivalents of fixed cost per forward pass, each batch within
+    ``max_tokens`` padded tokens (rows x longest) and ``max_rows`` rows. A single row longer than
+    the budget still gets its own batch: nothing is dropped. Exact dynamic programme, O(n x max_rows).
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of batching the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(-1, j - 1 - max_rows), -1):  # batch = rows i..j-1, padded to ls[j-1]
+            rows = j - i
+            if rows > 1 and rows * ls[j - 1] > max_tokens:
+                break
+            c = best[i] + rows * ls[j - 1] + pass_cost
+            if c < best[j]:
+                best[j], cut[j] = c, i
     out: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and ((len(cur) + 1) * lengths[i] > max_tokens or len(cur) >= max_rows):
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    j = n
+    while j > 0:
+        out.append(order[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
 
 
 class Batcher:
