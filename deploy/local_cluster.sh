@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local multi-node Ray cluster on this machine (head + one worker raylet, both 127.0.0.1), with
 # madx-serve deployed so that backbone replicas are spread across the nodes (max_replicas_per_node=1).
-#   deploy/local_cluster.sh up      # start both nodes and deploy (prints the URL)
+#   deploy/local_cluster.sh up      # start both nodes, deploy, wait for /readyz (prints the URL)
+# Environment: MADX_PORT (8000), RAY_GCS_PORT (6390), MADX_NODE_CPUS (2 per node), RAY, PYTHON.
 #   deploy/local_cluster.sh status  # nodes and Serve status
 #   deploy/local_cluster.sh down    # stop everything
 set -euo pipefail
@@ -9,41 +10,45 @@ export RAY_AUTH_MODE=disabled
 PORT=${MADX_PORT:-8000}
 GCS=${RAY_GCS_PORT:-6390}
 RAY=${RAY:-ray}
-SERVE=${SERVE:-serve}
+PYTHON=${PYTHON:-python}
+CPUS=${MADX_NODE_CPUS:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
 case "${1:-up}" in
   up)
-    $RAY start --head --node-ip-address 127.0.0.1 --port "$GCS" --num-cpus 1 --include-dashboard false \
-      --disable-usage-stats --resources '{"node_head": 1}' > /dev/null
-    $RAY start --address "127.0.0.1:$GCS" --node-ip-address 127.0.0.1 --num-cpus 1 \
-      --resources '{"node_worker": 1}' --disable-usage-stats > /dev/null
-    echo "nodes: $(python -c "import ray; ray.init(address='127.0.0.1:$GCS', log_to_driver=False); print(len([n for n in ray.nodes() if n['Alive']]))")"
-    # the same Serve config as production, with two fixed backbone replicas, one per node
-    python - "$HERE/serve.yaml" "$PORT" > /tmp/madx-local-cluster.yaml <<'PY'
-import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-cfg["http_options"].update(host="127.0.0.1", port=int(sys.argv[2]))
-app = cfg["applications"][0]
-app["args"]["max_replicas_per_node"] = 1
-for d in app["deployments"]:
-    if d["name"] == "Backbone":
-        d.pop("autoscaling_config", None)
-        d.pop("num_replicas", None)
-        d["num_replicas"] = 2
-        d["max_replicas_per_node"] = 1
-print(yaml.safe_dump(cfg, sort_keys=False))
-PY
-    RAY_ADDRESS="127.0.0.1:$GCS" $SERVE deploy /tmp/madx-local-cluster.yaml --address "http://127.0.0.1:8265" 2>/dev/null \
-      || RAY_ADDRESS="127.0.0.1:$GCS" python -c "
-import yaml, ray
+    $RAY start --head --node-ip-address 127.0.0.1 --port "$GCS" --num-cpus "$CPUS" --include-dashboard false \
+      --disable-usage-stats > /dev/null
+    $RAY start --address "127.0.0.1:$GCS" --node-ip-address 127.0.0.1 --num-cpus "$CPUS" \
+      --disable-usage-stats > /dev/null
+    # The production Serve config's settings (deploy/serve.yaml `args`) with two fixed backbone replicas,
+    # one per node. Deployed through the Serve API: `serve deploy` needs the dashboard, which is off.
+    RAY_ADDRESS="127.0.0.1:$GCS" $PYTHON - "$HERE/serve.yaml" "$PORT" "$CPUS" <<'PY'
+import sys, time
+import httpx, ray, yaml
 from ray import serve
-from serving.deployments import app_builder
-cfg = yaml.safe_load(open('/tmp/madx-local-cluster.yaml'))
-ray.init(address='127.0.0.1:$GCS', log_to_driver=False)
-serve.start(detached=True, http_options=cfg['http_options'])
-app = cfg['applications'][0]
-serve.run(app_builder(app['args']), name='madx', route_prefix='/', blocking=False)
-"
+from serving.deployments import build
+from serving.settings import load_settings
+
+cfg = yaml.safe_load(open(sys.argv[1]))
+port, cpus = int(sys.argv[2]), float(sys.argv[3])
+args = dict(cfg["applications"][0]["args"])
+args.update(port=port, backbone_replicas=2, max_replicas_per_node=1, backbone_num_cpus=cpus)
+args.pop("autoscaling", None)
+settings = load_settings(**args)
+ray.init(address="auto", log_to_driver=False)
+print("nodes alive:", sum(n["Alive"] for n in ray.nodes()))
+serve.start(detached=True, http_options={"host": "127.0.0.1", "port": port, "location": "EveryNode"})
+serve.run(build(settings), name="madx", route_prefix="/", blocking=False)
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    try:
+        if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    time.sleep(1)
+else:
+    sys.exit("madx-serve did not become ready in 300 s; see /tmp/ray/session_latest/logs/serve/")
+PY
     echo "madx-serve on http://127.0.0.1:$PORT (2 nodes)"
     ;;
   status)
