@@ -35,6 +35,7 @@ from traffic import SENTENCES, WEIGHTS  # noqa: E402
 
 from madx.features import ner_features  # noqa: E402
 from madx.train import pad  # noqa: E402
+from serving import compute  # noqa: E402
 from serving.engine import Engine  # noqa: E402
 from serving.settings import load_settings  # noqa: E402
 from serving.text import split_words  # noqa: E402
@@ -177,14 +178,15 @@ def main(argv=None) -> int:
                  "tokens": sum(map(len, seqs)), "stacks_in_mixed": len({lang for _, lang in mixed}),
                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     asyncio.run(engine.ner(["warm up"], "en"))
-    bench_backbone(engine, seqs[:64], 1)
-    res["backbone_only"] = {"tokens_per_s": bench_backbone(engine, seqs, args.repeats)}
+    # torch work on the engine's compute thread, as the server does it (serving/compute.py)
+    compute.run_sync(bench_backbone, engine, seqs[:64], 1)
+    res["backbone_only"] = {"tokens_per_s": compute.run_sync(bench_backbone, engine, seqs, args.repeats)}
     for name, reqs, policy in (("engine_uniform", uniform, "mixed"), ("engine_mixed", mixed, "mixed"),
                                ("engine_group_by_stack", mixed, "group_by_stack"),
                                ("engine_per_request", mixed, "per_request")):
         res[name] = bench_engine(engine, reqs, args.concurrency, args.repeats, policy)
         print(name, {k: round(v, 1) for k, v in res[name].items()}, flush=True)
-    res["cold_load"] = bench_cold_load(engine)
+    res["cold_load"] = compute.run_sync(bench_cold_load, engine)
     del engine
     if args.http_seconds:
         res["http_mixed"] = bench_http(args.http_seconds, args.http_users, args.port)

@@ -1,21 +1,42 @@
 """Turn head logits back into words and character spans (shared by the evaluator and the server).
 
-Pure functions over tensors; no model, no I/O.
+Pure functions; no model, no I/O. The math is numpy on purpose: the server decodes on its event-loop
+thread, and a torch op there would start a second OpenMP pool next to the compute thread's, which
+slows every forward pass (serving/compute.py). Inputs may be numpy arrays or CPU torch tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
 
 
-def word_predictions(word_ids: Sequence[int | None], logits: torch.Tensor) -> dict[int, tuple[int, float]]:
+def as_array(x: Any) -> np.ndarray:
+    """float32 numpy view of a numpy array or a CPU torch tensor."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:  # over the last axis
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:  # (T,)
+    z = x - x.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def word_predictions(word_ids: Sequence[int | None], logits: Any) -> dict[int, tuple[int, float]]:
     """NER: each word's label from its FIRST sub-word. logits: (T, L) for one window.
     Returns {word index: (label id, probability)}."""
-    probs = logits.float().softmax(-1)  # (T, L)
-    best_p, best = probs.max(-1)
+    probs = softmax(as_array(logits))  # (T, L)
+    best = probs.argmax(-1)  # (T,)
+    best_p = probs.max(-1)
     out: dict[int, tuple[int, float]] = {}
     prev = None
     for t, w in enumerate(word_ids):
@@ -32,8 +53,8 @@ class Span:
     score: float  # P(start) * P(end) within the window that produced the span
 
 
-def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits: Sequence[torch.Tensor],
-               end_logits: Sequence[torch.Tensor], top_k: int = 1, max_answer_tokens: int = 30,
+def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits: Sequence[Any],
+               end_logits: Sequence[Any], top_k: int = 1, max_answer_tokens: int = 30,
                candidates: int = 20) -> list[Span]:
     """QA: the ``top_k`` best answer spans over all windows of one (question, context).
 
@@ -43,20 +64,22 @@ def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits
     """
     best: dict[tuple[int, int], float] = {}
     for offs, sl, el in zip(offsets, start_logits, end_logits, strict=True):
-        ctx = torch.tensor([o is not None for o in offs])
-        if not bool(ctx.any()):
+        ctx = np.array([o is not None for o in offs])
+        if not ctx.any():
             continue
-        neg = torch.finfo(torch.float32).min
-        ls = sl.float().masked_fill(~ctx, neg).log_softmax(-1)  # (T,) over context tokens only
-        le = el.float().masked_fill(~ctx, neg).log_softmax(-1)
+        ls = np.full(len(offs), -np.inf, dtype=np.float32)
+        le = ls.copy()
+        ls[ctx] = log_softmax(as_array(sl)[ctx])  # (T,) over context tokens only
+        le[ctx] = log_softmax(as_array(el)[ctx])
         k = min(candidates, int(ctx.sum()))
-        s_top, e_top = ls.topk(k).indices.tolist(), le.topk(k).indices.tolist()
+        s_top = np.argsort(-ls, kind="stable")[:k].tolist()  # best first, ties to the earlier token
+        e_top = np.argsort(-le, kind="stable")[:k].tolist()
         for s in s_top:
             for e in e_top:
                 if e < s or e - s + 1 > max_answer_tokens or offs[s] is None or offs[e] is None:
                     continue
                 span = (offs[s][0], offs[e][1])
-                score = float((ls[s] + le[e]).exp())
+                score = float(np.exp(ls[s] + le[e]))
                 if score > best.get(span, -1.0):
                     best[span] = score
     ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]

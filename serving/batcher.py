@@ -3,9 +3,10 @@
 Requests put their windows (token id lists, each with its own adapter stack) in one queue. A
 single worker takes what is queued (waiting at most ``max_wait_ms`` for more), sorts it by length
 and cuts it into forward passes of at most ``max_batch_tokens`` padded tokens and
-``max_batch_rows`` rows; one pass mixes any stacks. The model runs on one dedicated thread so the
-event loop keeps accepting requests. The queue is bounded: beyond ``max_queue_rows`` waiting
-windows a request is refused at once (``Overloaded`` -> HTTP 503 with Retry-After).
+``max_batch_rows`` rows; one pass mixes any stacks. The model runs on the process's one compute
+thread (``serving/compute.py``) so the event loop keeps accepting requests. The queue is bounded:
+beyond ``max_queue_rows`` waiting windows a request is refused at once (``Overloaded`` -> HTTP 503
+with Retry-After).
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from madx.config import AdapterStack
 
+from . import compute
 from .metrics import Metrics
 
 
@@ -36,7 +37,7 @@ class Row:
     request: int = 0
 
 
-RunFn = Callable[[list[list[int]], list[AdapterStack]], list[torch.Tensor]]
+RunFn = Callable[[list[list[int]], list[AdapterStack]], list[np.ndarray]]
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int, pass_cost: int = 128) -> list[list[int]]:
@@ -74,7 +75,7 @@ class Batcher:
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
         self.max_wait, self.max_queue, self.m = max_wait_ms / 1000, max_queue_rows, metrics
         self.queue: deque[Row] = deque()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="madx-model")
+        self.pool = compute.executor()  # the process's one torch thread (see serving/compute.py)
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
@@ -82,7 +83,7 @@ class Batcher:
     def queued(self) -> int:
         return len(self.queue)
 
-    async def submit(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[torch.Tensor]:
+    async def submit(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[np.ndarray]:
         """Logits (T_i, n_out) per window, once its batch ran."""
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
@@ -152,7 +153,7 @@ class Batcher:
         return [[g[i] for i in idx] for g in groups
                 for idx in plan_batches([len(r.ids) for r in g], self.max_tokens, self.max_rows)]
 
-    def _forward(self, rows: list[Row]) -> list[torch.Tensor]:
+    def _forward(self, rows: list[Row]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         out = self.run([r.ids for r in rows], [r.stack for r in rows])
         rep = self.m.replica

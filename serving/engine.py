@@ -9,17 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from madx.artifacts import ArtifactError
 from madx.backbone import load_backbone
 from madx.config import AdapterStack
-from madx.decode import best_spans, word_predictions
+from madx.decode import best_spans, softmax, word_predictions
 from madx.features import ner_features, qa_windows
 from madx.langid import Detector, load_profiles
 from madx.model import MadxModel
 from madx.train import pad
 
+from . import compute
 from .batcher import Batcher
 from .cache import AdapterCache
 from .metrics import Metrics
@@ -79,16 +81,8 @@ class Engine:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, backbone=None) -> None:
         self.s = settings
         self.m = metrics or Metrics()
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        bb = backbone or load_backbone(settings.backbone)
-        if bb.tokenizer is None:
-            raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
-        self.tok = bb.tokenizer
-        self.device = pick_device(settings.device)
-        self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
-        self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,
-                                  settings.cache.max_cpu_adapters, self.m)
+        # all torch work (load, dequantise, forward) on the one compute thread: serving/compute.py
+        compute.run_sync(self._load_model, backbone)
         served_tasks = {t: n for t, n in settings.tasks.items() if n in self.cache.served("task")}
         if not served_tasks:
             raise ArtifactError(f"none of the task adapters {settings.tasks} is served by {settings.adapter_store}; "
@@ -107,6 +101,19 @@ class Engine:
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
                                b.policy)
         self.ready = True
+
+    def _load_model(self, backbone) -> None:
+        settings = self.s
+        if settings.threads:
+            torch.set_num_threads(settings.threads)  # OpenMP's thread count is per thread: set it here
+        bb = backbone or load_backbone(settings.backbone)
+        if bb.tokenizer is None:
+            raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
+        self.tok = bb.tokenizer
+        self.device = pick_device(settings.device)
+        self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
+        self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,
+                                  settings.cache.max_cpu_adapters, self.m)
 
     # ------------------------------------------------------------------ what is served
     def languages(self) -> list[str]:
@@ -159,14 +166,15 @@ class Engine:
         return Route(AdapterStack(None, name), language, source, conf, "task_only")
 
     # ------------------------------------------------------------------ model thread
-    def _run(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[torch.Tensor]:
+    def _run(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[np.ndarray]:
         self.cache.ensure({a for s in stacks for a in s.adapters})
         ids = pad(seqs, self.tok.pad_token_id).to(self.device)
         lens = torch.tensor([len(s) for s in seqs], device=self.device)
         mask = (torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]).long()
         with torch.inference_mode():
             _, logits = self.model(ids, mask, stacks)
-        return [lg[:n].float().cpu() for lg, n in zip(logits, lens.tolist(), strict=True)]
+        # numpy out: decoding on the event loop must not run torch ops (serving/compute.py)
+        return [lg[:n].float().cpu().numpy() for lg, n in zip(logits, lens.tolist(), strict=True)]
 
     # ------------------------------------------------------------------ NER
     async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
@@ -200,8 +208,8 @@ class Engine:
 
     def _tokens(self, f, lg: torch.Tensor, words, labels) -> list[dict]:
         """Each sub-word with its own label; offsets are those of the sub-word inside its word."""
-        probs = lg.softmax(-1)
-        p, best = probs.max(-1)
+        probs = softmax(lg)  # numpy: no torch on the event loop thread (serving/compute.py)
+        p, best = probs.max(-1), probs.argmax(-1)
         out = []
         ids = f.input_ids
         for t, w in enumerate(f.word_ids):
