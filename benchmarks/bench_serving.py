@@ -2,7 +2,8 @@
 
     python benchmarks/bench_serving.py --requests 192 --concurrency 48 --http-seconds 40 --json docs/bench_serving_cpu.json
 
-1. backbone-only forward over the same windows, same token budget (the limit);
+1. backbone-only forward over the same windows, same token budget (the limit), and with every window
+   alone (what batching can gain at most over per-request passes on this machine);
 2. the engine (routing, tokenisation, windows, batching, decoding; no HTTP) on mixed-language
    traffic and on uniform traffic (one stack), and with two other batching policies on the mixed
    traffic: group-by-stack batches and per-request adapter switching (each request alone);
@@ -58,12 +59,14 @@ def windows(engine: Engine, reqs) -> list[list[int]]:
             for f in ner_features(engine.tok, [[w.text for w in split_words(t)]], None, engine.ner_window)]
 
 
-def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int) -> float:
-    """HF encoder forward (no adapters), length-sorted batches under the same token budget."""
+def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int, per_row: bool = False) -> float:
+    """HF encoder forward (no adapters), length-sorted batches under the same token budget; or, with
+    ``per_row``, every window alone (the ceiling of batching's gain over per-request passes)."""
     from serving.batcher import plan_batches
 
     b = engine.s.batching
-    batches = plan_batches([len(s) for s in seqs], b.max_batch_tokens, b.max_batch_rows)
+    batches = ([[i] for i in range(len(seqs))] if per_row else
+               plan_batches([len(s) for s in seqs], b.max_batch_tokens, b.max_batch_rows))
     enc = engine.model.backbone
     best = float("inf")
     for _ in range(repeats):
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
     # torch work on the engine's compute thread, as the server does it (serving/compute.py)
     compute.run_sync(bench_backbone, engine, seqs[:64], 1)
     res["backbone_only"] = {"tokens_per_s": compute.run_sync(bench_backbone, engine, seqs, args.repeats)}
+    res["backbone_only_per_row"] = {"tokens_per_s": compute.run_sync(bench_backbone, engine, seqs, args.repeats, True)}
     for name, reqs, policy in (("engine_uniform", uniform, "mixed"), ("engine_mixed", mixed, "mixed"),
                                ("engine_group_by_stack", mixed, "group_by_stack"),
                                ("engine_per_request", mixed, "per_request")):
@@ -196,6 +200,7 @@ def main(argv=None) -> int:
         "engine_mixed / backbone_only": res["engine_mixed"]["tokens_per_s"] / b,
         "engine_mixed / per_request": res["engine_mixed"]["tokens_per_s"] / res["engine_per_request"]["tokens_per_s"],
         "engine_mixed / group_by_stack": res["engine_mixed"]["tokens_per_s"] / res["engine_group_by_stack"]["tokens_per_s"],
+        "backbone_only / backbone_only_per_row": b / res["backbone_only_per_row"]["tokens_per_s"],
     }
     if "http_mixed" in res:
         res["ratios"]["http_served / backbone_only"] = res["http_mixed"]["tokens_per_s"] / b
