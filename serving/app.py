@@ -164,8 +164,22 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
         metrics.request_latency.labels(endpoint, lang, task, str(status)).observe(time.perf_counter() - t0)
         metrics.requests.labels(endpoint, str(status)).inc()
 
+    inflight = [0]  # requests of this ingress now waiting on the backbone (one event loop: no lock)
+    limit = settings.max_inflight
+
     async def call(endpoint: str, task: str, fn, *args) -> Any:
         t0 = time.perf_counter()
+        if inflight[0] >= limit:  # admission control before any Ray call: a burst gets fast 503s, not 504s
+            observe(endpoint, 503, t0, task=task)
+            return _err(503, f"server is at capacity ({inflight[0]} requests in flight, ingress_max_inflight "
+                             f"{limit}); retry after {settings.retry_after_s} s", headers=retry)
+        inflight[0] += 1
+        try:
+            return await _call(endpoint, task, t0, fn, *args)
+        finally:
+            inflight[0] -= 1
+
+    async def _call(endpoint: str, task: str, t0: float, fn, *args) -> Any:
         try:
             body = await asyncio.wait_for(fn(*args), settings.request_timeout_s)
         except RequestError as e:

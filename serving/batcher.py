@@ -83,6 +83,15 @@ class Batcher:
     def queued(self) -> int:
         return len(self.queue)
 
+    def admit(self, rows: int) -> None:
+        """Cheap early refusal, before a request is routed and tokenised: under a burst the replica's
+        event loop would otherwise spend its time preparing requests that ``submit`` then refuses,
+        and the admitted ones would wait behind that work. ``rows`` is a lower bound on the request's
+        windows; ``submit`` checks the exact count."""
+        if len(self.queue) + rows > self.max_queue:
+            self.m.rejected.labels(self.m.replica).inc()
+            raise Overloaded(f"{len(self.queue)} windows are queued (limit {self.max_queue})")
+
     async def submit(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[np.ndarray]:
         """Logits (T_i, n_out) per window, once its batch ran."""
         loop = asyncio.get_running_loop()

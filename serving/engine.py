@@ -179,6 +179,7 @@ class Engine:
     # ------------------------------------------------------------------ NER
     async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
         check_ner_limits(self.s.limits, texts)
+        self.batcher.admit(1)  # a full queue refuses before detection and tokenisation
         routes = [self.route("ner", language, t) for t in texts]
         words = [split_words(t) for t in texts]
         try:
@@ -224,6 +225,7 @@ class Engine:
     async def qa(self, question: str, context: str, language: str | None, top_k: int = 1,
                  max_answer_tokens: int = 30) -> dict[str, Any]:
         check_qa_limits(self.s.limits, question, context, top_k)
+        self.batcher.admit(1)
         route = self.route("qa", language, context)
         q_tokens = len(self.tok(question, add_special_tokens=False)["input_ids"])
         if q_tokens + 4 + self.qa_stride + 16 > self.qa_window:

@@ -104,6 +104,10 @@ class Settings(_Strict):
     max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads backbone replicas across nodes")
     ingress_max_ongoing_requests: int = Field(1024, ge=1)
     backbone_max_ongoing_requests: int = Field(1024, ge=1)
+    ingress_max_inflight: int | None = Field(
+        None, ge=1, description="requests one ingress replica passes to the backbone at once; beyond it an "
+        "immediate 503 with Retry-After (cheap, before any Ray call). Default: batching.max_queue_rows x the "
+        "most backbone replicas")
     retry_after_s: int = Field(1, ge=1)
     replica_failure_retries: int = Field(2, ge=0, description="retries of a request whose backbone replica died")
     request_timeout_s: float = Field(60.0, gt=0)
@@ -111,6 +115,13 @@ class Settings(_Strict):
     batching: Batching = Field(default_factory=Batching)
     cache: Cache = Field(default_factory=Cache)
     fallback: Fallback = Field(default_factory=Fallback)
+
+    @property
+    def max_inflight(self) -> int:
+        if self.ingress_max_inflight is not None:
+            return self.ingress_max_inflight
+        replicas = self.autoscaling.max_replicas if self.autoscaling else self.backbone_replicas
+        return self.batching.max_queue_rows * replicas
 
     @field_validator("tasks")
     @classmethod

@@ -245,3 +245,26 @@ def test_texts_without_tokens_or_with_huge_words(engine, text, status, message):
 def test_text_in_a_script_no_served_language_uses_is_undetermined(engine):
     r = engine.route("ner", None, "Владимир Путин встретился с делегацией в Москве.")
     assert (r.source, r.stack.language, r.fallback) == ("undetermined", None, "task_only")
+
+
+@pytest.mark.parametrize("call", ["ner", "qa"])
+def test_full_queue_refuses_before_routing_and_tokenising(make_engine, monkeypatch, call):
+    eng = make_engine(batching={"max_queue_rows": 2})
+    from madx.config import AdapterStack
+    from serving.batcher import Row
+
+    # two windows already waiting (no worker runs them in this test): the queue is full
+    eng.batcher.queue.extend(Row([1, 2], AdapterStack(None, "ner"), None) for _ in range(2))
+
+    def no(*a, **k):
+        raise AssertionError("a refused request must not be routed or tokenised")
+
+    monkeypatch.setattr(eng, "route", no)
+    with pytest.raises(Overloaded, match="2 windows are queued"):
+        if call == "ner":
+            run(eng.ner(["Angela Merkel"], "en", False))
+        else:
+            run(eng.qa("Who?", "Angela Merkel", "en"))
+    eng.batcher.queue.clear()
+    monkeypatch.undo()
+    assert run(eng.ner(["a b"], "en", False))["results"]  # and it keeps serving

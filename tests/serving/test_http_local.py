@@ -140,6 +140,44 @@ def test_overload_is_503_with_retry_after(make_engine):
     assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "at capacity" in r.json()["error"]
 
 
+def test_ingress_admission_refuses_beyond_max_inflight_at_once(make_engine, monkeypatch):
+    eng = make_engine()
+    release = asyncio.Event()
+    orig = eng.ner
+
+    async def slow(*a, **k):  # the backbone is busy until released
+        await release.wait()
+        return await orig(*a, **k)
+
+    monkeypatch.setattr(eng, "ner", slow)
+
+    async def go():
+        async with client_for(eng, ingress_max_inflight=2) as c:
+            tasks = [asyncio.create_task(c.post("/v1/ner", json={"text": "Angela Merkel", "language": "en"}))
+                     for _ in range(6)]
+            await asyncio.sleep(0.2)
+            early = [t.result() for t in tasks if t.done()]  # refused without waiting for the backbone
+            release.set()
+            return early, await asyncio.gather(*tasks)
+
+    early, rs = asyncio.run(go())
+    assert len(early) == 4 and all(r.status_code == 503 for r in early)
+    assert all(r.headers["Retry-After"] == "1" and "ingress_max_inflight 2" in r.json()["error"] for r in early)
+    assert sorted(r.status_code for r in rs) == [200, 200, 503, 503, 503, 503]
+    assert call(eng, "POST", "/v1/ner", over={"ingress_max_inflight": 2},
+                json={"text": "a b", "language": "en"}).status_code == 200  # the counter came back down
+
+
+@pytest.mark.parametrize("over, want", [
+    ({}, 2048), ({"backbone_replicas": 3}, 3 * 2048), ({"autoscaling": {"max_replicas": 5}}, 5 * 2048),
+    ({"batching": {"max_queue_rows": 10}}, 10), ({"ingress_max_inflight": 7}, 7),
+])
+def test_default_max_inflight_follows_queue_and_replicas(over, want):
+    from serving.settings import load_settings
+
+    assert load_settings(env={}, **over).max_inflight == want
+
+
 def test_internal_errors_never_leak_details(engine, monkeypatch):
     async def boom(*a, **k):
         raise RuntimeError("secret internals /etc/passwd")
