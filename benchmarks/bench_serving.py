@@ -127,8 +127,9 @@ def bench_http(seconds: int, users: int, port: int) -> dict:
     import httpx
     from run_load import start_server, stop_server, wait_ready
 
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = start_server(port, ROOT / ".bench-server.log")
+    out = ROOT / ".bench"  # git-ignored
+    out.mkdir(exist_ok=True)
+    proc = start_server(port, out / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, {}, 300, proc)
@@ -137,17 +138,18 @@ def bench_http(seconds: int, users: int, port: int) -> dict:
             text = httpx.get(f"{url}/metrics").text
             return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("madx_tokens_total{"))
 
-        prefix = ROOT / ".bench-locust"
-        lenv = {**env, "MADX_USER_RPS": "1000"}  # closed loop: each user sends as fast as it is answered
-        # warm up, then measure
-        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless", "-u",
-                        str(users), "-r", str(users), "-t", "8s", "--host", url, "--only-summary", "--loglevel", "ERROR"],
-                       env=lenv, stdout=subprocess.DEVNULL, check=False)
+        def locust(duration_s: int, *extra: str) -> None:
+            # closed loop: each user sends as fast as it is answered
+            env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MADX_USER_RPS": "1000"}
+            subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless",
+                            "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--host", url, *extra,
+                            "--only-summary", "--loglevel", "ERROR"], env=env, stdout=subprocess.DEVNULL, check=False)
+
+        prefix = out / "locust"
+        locust(8)  # warm up, then measure
         time.sleep(2.5)
         t0, k0 = time.monotonic(), tokens()
-        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless", "-u",
-                        str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
-                        "--only-summary", "--loglevel", "ERROR"], env=lenv, stdout=subprocess.DEVNULL, check=False)
+        locust(seconds, "--csv", str(prefix))
         time.sleep(2.5)  # replicas push their metrics every second
         k1, t1 = tokens(), time.monotonic()
         import csv

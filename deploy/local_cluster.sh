@@ -2,9 +2,9 @@
 # A local multi-node Ray cluster on this machine (head + one worker raylet, both 127.0.0.1), with
 # madx-serve deployed so that backbone replicas are spread across the nodes (max_replicas_per_node=1).
 #   deploy/local_cluster.sh up      # start both nodes, deploy, wait for /readyz (prints the URL)
-# Environment: MADX_PORT (8000), RAY_GCS_PORT (6390), MADX_NODE_CPUS (2 per node), RAY, PYTHON.
 #   deploy/local_cluster.sh status  # nodes and Serve status
 #   deploy/local_cluster.sh down    # stop everything
+# Environment: MADX_PORT (8000), RAY_GCS_PORT (6390), MADX_NODE_CPUS (2 per node), RAY, PYTHON.
 set -euo pipefail
 export RAY_AUTH_MODE=disabled
 PORT=${MADX_PORT:-8000}

@@ -100,9 +100,7 @@ class Batcher:
             self._worker = loop.create_task(self._loop())
         elif self._worker.get_loop() is not loop:
             raise RuntimeError("this Batcher already serves another event loop (one engine per event loop)")
-        if len(self.queue) + len(seqs) > self.max_queue:
-            self.m.rejected.labels(self.m.replica).inc()
-            raise Overloaded(f"{len(self.queue)} windows are queued (limit {self.max_queue})")
+        self.admit(len(seqs))  # the exact count
         self._requests += 1
         rows = [Row(list(s), st, loop.create_future(), self._requests) for s, st in zip(seqs, stacks, strict=True)]
         self.queue.extend(rows)

@@ -91,8 +91,7 @@ class Engine:
             want = self.cache.entries[name].task_type
             if want != t:
                 raise ArtifactError(f"tasks.{t} = {name!r} is a {want!r} adapter, not {t!r}")
-        profiles = load_profiles(settings.adapter_store)
-        self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+        self._refresh_detector()
         b = settings.batching
         # windows never exceed the backbone's positions (smaller windows, never truncated input)
         self.ner_window = min(b.ner_window, self.model.max_positions)
@@ -110,6 +109,7 @@ class Engine:
         if bb.tokenizer is None:
             raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
         self.tok = bb.tokenizer
+        self.threads = torch.get_num_threads()  # the compute thread's (a per-thread OpenMP setting)
         self.device = pick_device(settings.device)
         self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
         self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,
@@ -132,7 +132,7 @@ class Engine:
             "detector_languages": self.detector.languages,
             "windows": {"ner": self.ner_window, "qa": self.qa_window, "qa_stride": self.qa_stride},
             "device": str(self.device),
-            "threads": torch.get_num_threads(),
+            "threads": self.threads,
         }
 
     # ------------------------------------------------------------------ routing
@@ -207,7 +207,7 @@ class Engine:
                             "tokens": tokens[i] if return_tokens else None, "windows": windows[i]})
         return {"results": results, "backbone": self.model.backbone_name}
 
-    def _tokens(self, f, lg: torch.Tensor, words, labels) -> list[dict]:
+    def _tokens(self, f, lg: np.ndarray, words, labels) -> list[dict]:
         """Each sub-word with its own label; offsets are those of the sub-word inside its word."""
         probs = softmax(lg)  # numpy: no torch on the event loop thread (serving/compute.py)
         p, best = probs.max(-1), probs.argmax(-1)
