@@ -56,7 +56,7 @@ def workload(n: int, seed: int, uniform: bool) -> list[tuple[str, str]]:
 
 def windows(engine: Engine, reqs) -> list[list[int]]:
     return [f.input_ids for t, _ in reqs
-            for f in ner_features(engine.tok, [[w.text for w in split_words(t)]], None, engine.ner_window)]
+            for f in ner_features(engine.tok, [t], [[(w.start, w.end) for w in split_words(t)]], None, engine.ner_window)]
 
 
 def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int, per_row: bool = False) -> float:

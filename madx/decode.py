@@ -32,17 +32,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:  # (T,)
 
 
 def word_predictions(word_ids: Sequence[int | None], logits: Any) -> dict[int, tuple[int, float]]:
-    """NER: each word's label from its FIRST sub-word. logits: (T, L) for one window.
+    """NER: each word's label from the token that carries it (``NerFeature.word_ids``: the word's
+    first character-carrying sub-word; the first occurrence wins). logits: (T, L) for one window.
     Returns {word index: (label id, probability)}."""
     probs = softmax(as_array(logits))  # (T, L)
     best = probs.argmax(-1)  # (T,)
     best_p = probs.max(-1)
     out: dict[int, tuple[int, float]] = {}
-    prev = None
     for t, w in enumerate(word_ids):
-        if w is not None and w != prev:
+        if w is not None and w not in out:
             out[w] = (int(best[t]), float(best_p[t]))
-        prev = w
     return out
 
 
@@ -55,11 +54,16 @@ class Span:
 
 def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits: Sequence[Any],
                end_logits: Sequence[Any], top_k: int = 1, max_answer_tokens: int = 30,
-               candidates: int = 20) -> list[Span]:
+               candidates: int = 20, null_index: int | None = 0) -> list[Span]:
     """QA: the ``top_k`` best answer spans over all windows of one (question, context).
 
     offsets[w][t] is the character span of token t of window w in the context (None for question
     and special tokens, which can never be part of an answer). start/end_logits[w]: (T_w,).
+
+    Each window's start and end distributions are normalised over its context tokens AND its
+    ``null_index`` token (``<s>``, where training puts the target of a window that does not hold
+    the answer): a window that "knows" the answer is elsewhere puts its mass on the null token, so
+    scores are comparable across windows. ``null_index=None`` normalises over context tokens only.
     Spans from overlapping windows that cover the same characters are merged (best score kept).
     """
     best: dict[tuple[int, int], float] = {}
@@ -67,10 +71,15 @@ def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits
         ctx = np.array([o is not None for o in offs])
         if not ctx.any():
             continue
+        norm = ctx.copy()
+        if null_index is not None:
+            norm[null_index] = True
         ls = np.full(len(offs), -np.inf, dtype=np.float32)
         le = ls.copy()
-        ls[ctx] = log_softmax(as_array(sl)[ctx])  # (T,) over context tokens only
-        le[ctx] = log_softmax(as_array(el)[ctx])
+        ls[norm] = log_softmax(as_array(sl)[norm])  # (T,) over context tokens (+ the null token)
+        le[norm] = log_softmax(as_array(el)[norm])
+        ls[~ctx] = -np.inf  # the null token is never part of an answer
+        le[~ctx] = -np.inf
         k = min(candidates, int(ctx.sum()))
         s_top = np.argsort(-ls, kind="stable")[:k].tolist()  # best first, ties to the earlier token
         e_top = np.argsort(-le, kind="stable")[:k].tolist()
@@ -79,6 +88,8 @@ def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits
                 if e < s or e - s + 1 > max_answer_tokens or offs[s] is None or offs[e] is None:
                     continue
                 span = (offs[s][0], offs[e][1])
+                if span[1] <= span[0]:  # tokens that carry no characters of the context
+                    continue
                 score = float(np.exp(ls[s] + le[e]))
                 if score > best.get(span, -1.0):
                     best[span] = score

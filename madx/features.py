@@ -1,13 +1,18 @@
 """Turn words and texts into model inputs without silent truncation.
 
-- NER: words -> sub-word ids; the label of a word goes on its first sub-word, others get IGNORE.
-  Sentences longer than ``max_len`` are split into several windows, never cut.
+- NER: a text and its words (character spans) -> sub-word windows. Each word is tokenised on its
+  own, with the sentencepiece word marker only where the text has a space before it (or at the
+  start), so a sub-word never straddles two words and a run of Chinese words is not turned into
+  ``▁`` + character pairs. A word's label lives on its first sub-word that carries characters of the
+  word (a bare ``▁`` piece never does); other sub-words get IGNORE. Sentences longer than
+  ``max_len`` are split into several windows at word boundaries, never cut.
 - QA: (question, context) -> overlapping windows (``stride`` tokens shared), with each token's
   character span in the ORIGINAL context, so any answer span maps back exactly.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,25 +22,63 @@ IGNORE = -100
 @dataclass(frozen=True)
 class NerFeature:
     input_ids: list[int]
-    labels: list[int]  # IGNORE except on each word's first sub-word
-    word_ids: list[int | None]  # index into the sentence's words, None for specials
+    labels: list[int]  # IGNORE except on each word's first character-carrying sub-word
+    word_ids: list[int | None]  # the word whose label this token carries; None for specials and other sub-words
+    spans: list[tuple[int, int] | None]  # the characters of the text each token carries; None when none
     sentence: int  # index of the source sentence
 
 
-def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[Sequence[int]] | None,
-                 max_len: int, skip_empty: bool = False) -> list[NerFeature]:
-    """One or more windows per sentence; every word lands in exactly one window. A sentence
-    without tokens is an error, or gets no window with ``skip_empty`` (serving: nothing to tag)."""
+def _word_tokenizer(tokenizer):
+    """The fast tokenizer's backend, set so that a pre-split word gets the sentencepiece ``▁``
+    marker only when we write a space before it (XLM-R's Metaspace would add one to every word)."""
+    cached = getattr(tokenizer, "_madx_word_backend", None)
+    if cached is not None:
+        return cached
+    from tokenizers import pre_tokenizers
+
+    bt = tokenizer.backend_tokenizer
+    spaced = isinstance(bt.pre_tokenizer, pre_tokenizers.Metaspace)
+    if spaced:
+        bt = copy.deepcopy(bt)
+        bt.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+        bt.no_truncation()
+        bt.no_padding()
+    tokenizer._madx_word_backend = (bt, spaced)
+    return tokenizer._madx_word_backend
+
+
+def ner_features(tokenizer, texts: Sequence[str], words: Sequence[Sequence[tuple[int, int]]],
+                 labels: Sequence[Sequence[int]] | None, max_len: int, skip_empty: bool = False) -> list[NerFeature]:
+    """One or more windows per text; every word lands in exactly one window. ``words[i]`` are the
+    (start, end) character spans of text i's words, in order, not overlapping. A text without tokens
+    is an error, or gets no window with ``skip_empty`` (serving: nothing to tag)."""
+    bt, spaced = _word_tokenizer(tokenizer)
     out: list[NerFeature] = []
     room = max_len - 2  # <s> ... </s>
-    for si, words in enumerate(sentences):
-        enc = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
-        ids, wids = enc["input_ids"], enc.word_ids()
-        first = [k == 0 or wids[k] != wids[k - 1] for k in range(len(ids))]  # first sub-word of a word
-        if not ids:
+    pieces = []
+    for text, ws in zip(texts, words, strict=True):
+        if spaced:  # a space before the word in the text (or the text's start) -> "▁word"
+            pieces.append([(" " if a == 0 or text[a - 1].isspace() else "") + text[a:b] for a, b in ws])
+        else:
+            pieces.append([text[a:b] for a, b in ws])
+    encs = bt.encode_batch(pieces, is_pretokenized=True, add_special_tokens=False) if pieces else []
+    for si, (enc, ws) in enumerate(zip(encs, words, strict=True)):
+        ids, wids, toks = enc.ids, enc.word_ids, enc.tokens
+        if not any(t.strip("▁") for t in toks):  # nothing, or bare "▁" markers of characters the tokenizer drops
             if skip_empty:
                 continue
             raise ValueError(f"sentence {si} has no tokens")
+        spans: list[tuple[int, int] | None] = []
+        owner: list[int | None] = []  # the word whose label token k carries
+        seen: set[int] = set()
+        for k, ((a, b), w) in enumerate(zip(enc.offsets, wids, strict=True)):
+            shift = ws[w][0] - (len(pieces[si][w]) - (ws[w][1] - ws[w][0]))  # word start minus our space
+            a, b = max(a + shift, ws[w][0]), b + shift
+            carries = a < b and toks[k].strip("▁") != ""
+            spans.append((a, b) if carries else None)
+            owner.append(w if carries and w not in seen else None)
+            if carries:
+                seen.add(w)
         # window boundaries at word starts, so a word's sub-words never straddle two windows
         start = 0
         while start < len(ids):
@@ -43,15 +86,36 @@ def ner_features(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence
             while end < len(ids) and end > start and wids[end] == wids[end - 1]:
                 end -= 1
             if end == start:  # one word longer than a window: it cannot be represented faithfully
-                raise ValueError(f"sentence {si}: word {words[wids[start]]!r} has more than {room} sub-words")
-            w = [None, *wids[start:end], None]
+                a, b = ws[wids[start]]
+                raise ValueError(f"sentence {si}: word {texts[si][a:b]!r} has more than {room} sub-words")
+            w = [None, *owner[start:end], None]
             lab = [IGNORE] * len(w)
             if labels is not None:
-                for k in range(start, end):
-                    if first[k]:
-                        lab[k - start + 1] = labels[si][wids[k]]
-            out.append(NerFeature([tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id], lab, w, si))
+                for k in range(1, len(w) - 1):
+                    if w[k] is not None:
+                        lab[k] = labels[si][w[k]]
+            out.append(NerFeature([tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id], lab, w,
+                                  [None, *spans[start:end], None], si))
             start = end
+    return out
+
+
+def project_tags(word_spans: Sequence[tuple[int, int]], word_tags: Sequence[str],
+                 token_spans: Sequence[tuple[int, int]]) -> list[str]:
+    """Word tags -> tags of another tokenisation of the same text (for scoring what the server
+    predicts on its own words against gold tokens): a token takes the tag of the word holding its
+    first character; a token that does not start that word continues it (B-X -> I-X); a token in no
+    word is O."""
+    out = []
+    j = 0
+    for a, _b in token_spans:
+        while j < len(word_spans) and word_spans[j][1] <= a:
+            j += 1
+        if j == len(word_spans) or word_spans[j][0] > a:
+            out.append("O")
+            continue
+        tag = word_tags[j]
+        out.append("I" + tag[1:] if tag.startswith("B-") and word_spans[j][0] < a else tag)
     return out
 
 

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from .config import AdapterStack
 from .data import NerFile, QAExample
 from .decode import best_spans, word_predictions
-from .features import IGNORE, ner_features, qa_windows
+from .features import IGNORE, ner_features, project_tags, qa_windows
 from .metrics import ner_f1, squad_scores
 from .mlm import MlmHead, mask_tokens, mlm_loss
 from .model import MadxModel
+from .words import join_words, split_words
 
 MLM_HEAD_DIR = "_mlm_head"
 
@@ -66,34 +67,60 @@ class FitResult:
     step: int
     steps: int
     minutes: float
-    stopped_by: str  # "steps" | "max_minutes"
+    stopped_by: str  # "steps" | "max_minutes" | "early_stop"
     tokens: int
     loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss of the last interval)
+    dev_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, dev score), higher is better
+    best_step: int | None = None  # the step whose parameters were kept (with a dev set)
 
     @property
     def done(self) -> bool:
-        return self.step >= self.steps
+        return self.step >= self.steps or self.stopped_by == "early_stop"
 
     def summary(self) -> dict[str, Any]:
         c = self.loss_curve
+        best = dict(self.dev_curve).get(self.best_step) if self.best_step is not None else None
         return {"step": self.step, "steps": self.steps, "minutes": round(self.minutes, 2), "stopped_by": self.stopped_by,
                 "tokens": self.tokens, "first_loss": c[0][1] if c else None, "last_loss": c[-1][1] if c else None,
-                "loss_curve": c}
+                "loss_curve": c, "dev_curve": self.dev_curve, "best_step": self.best_step, "best_dev": best}
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def batch_rows(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Example indices of ``step``: a fresh seeded permutation per epoch, so any step's batch is
-    known without replaying the ones before it (exact resume)."""
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches (example indices). A seeded permutation is cut into pools of ``pool``
+    batches; each pool is sorted by length and cut into batches, so rows of a batch have similar
+    lengths (little padding) while batches stay random; the batch order is shuffled too. Every
+    example is used once per epoch except the ``n % batch_size`` left over (a fresh draw each
+    epoch). A function of (seed, epoch): any step's batch is known without replaying the others."""
+    n = len(lengths)
     if n == 0:
         raise ValueError("no training examples")
-    per_epoch = max(1, n // batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return perm[k * batch_size:(k + 1) * batch_size].tolist()
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()[:max(1, n // batch_size) * batch_size]
+    span = pool * batch_size
+    batches: list[list[int]] = []
+    for i in range(0, len(perm), span):
+        chunk = sorted(perm[i:i + span], key=lambda j: lengths[j])
+        batches.extend(chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+class Batches:
+    """``step -> example indices`` over ``epoch_batches`` (one epoch cached at a time)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.per_epoch = max(1, len(self.lengths) // batch_size)
+        self._epoch, self._batches = -1, []
+
+    def __call__(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+        return self._batches[k]
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -119,11 +146,16 @@ def _atomic_save(obj: Any, dest: Path) -> None:
 
 def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Tensor, int]], cfg: TrainConfig,
         checkpoint: Path | None, identity: dict[str, Any], desc: str = "train", progress: bool = True,
-        log_every: int = 10) -> FitResult:
+        log_every: int = 10, evaluate: Callable[[], float] | None = None, eval_every: int = 0,
+        patience: int | None = None) -> FitResult:
     """Optimise ``params`` on ``loss_at(step) -> (loss, tokens)``.
 
     ``checkpoint`` (a file) is written every ``cfg.checkpoint_every`` steps and when a budget
     stops the run; an existing one is resumed if it was made by the same run (``identity``).
+
+    With ``evaluate`` (a dev score, higher is better) the run is scored every ``eval_every`` steps
+    and at the end; the best-scoring parameters are the ones left in ``params``, and after
+    ``patience`` scorings without a new best the run stops early ("early_stop").
     """
     names = sorted(params)
     plist = [params[n] for n in names]
@@ -138,6 +170,8 @@ def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Te
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ident = {**identity, "train": cfg.identity(), "params": {n: list(params[n].shape) for n in names}}
     step, tokens, curve, spent = 0, 0, [], 0.0
+    dev: list[tuple[int, float]] = []
+    best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # (step, score, params)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
         if state["identity"] != ident:
@@ -151,12 +185,29 @@ def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Te
         sched.load_state_dict(state["scheduler"])
         step, tokens, spent = state["step"], state["tokens"], state["minutes"]
         curve = [tuple(x) for x in state["loss_curve"]]
+        dev = [tuple(x) for x in state.get("dev_curve", [])]
+        if state.get("best") is not None:
+            b = state["best"]
+            best = (b["step"], b["score"], b["params"])
 
     def save() -> None:
         if checkpoint is not None:
             _atomic_save({"identity": ident, "step": step, "tokens": tokens, "minutes": spent + (time.monotonic() - t0) / 60,
                           "loss_curve": curve, "params": {n: p.detach().clone() for n, p in zip(names, plist, strict=True)},
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, checkpoint)
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "dev_curve": dev,
+                          "best": None if best is None else {"step": best[0], "score": best[1], "params": best[2]}},
+                         checkpoint)
+
+    def score() -> bool:
+        """Score on dev; True when patience has run out."""
+        nonlocal best
+        value = float(evaluate())  # type: ignore[misc]
+        dev.append((step, round(value, 4)))
+        if best is None or value > best[1]:
+            best = (step, value, {n: p.detach().clone() for n, p in zip(names, plist, strict=True)})
+        bar.write(f"{desc}: step {step} dev {value:.2f} (best {best[1]:.2f} at step {best[0]})")
+        since = sum(1 for s_, _ in dev if s_ > best[0])
+        return patience is not None and since >= patience
 
     t0 = time.monotonic()
     stopped_by = "steps"
@@ -186,11 +237,21 @@ def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Te
             bar.set_postfix(loss=f"{curve[-1][1]:.4f}", tok_s=f"{rate:.0f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             window.clear()
         bar.update(1)
+        if evaluate is not None and eval_every and step % eval_every == 0 and step < cfg.steps and score():
+            stopped_by = "early_stop"
+            break
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             save()
+    if evaluate is not None and step >= cfg.steps and (not dev or dev[-1][0] != step):
+        score()
     bar.close()
     save()
-    return FitResult(step, cfg.steps, spent + (time.monotonic() - t0) / 60, stopped_by, tokens, curve)
+    if best is not None and (step >= cfg.steps or stopped_by == "early_stop"):
+        with torch.no_grad():  # leave the best-scoring parameters in place
+            for n, p in zip(names, plist, strict=True):
+                p.copy_(best[2][n])
+    return FitResult(step, cfg.steps, spent + (time.monotonic() - t0) / 60, stopped_by, tokens, curve, dev,
+                     best[0] if best is not None else None)
 
 
 # ---------------------------------------------------------------------- MLM
@@ -210,10 +271,10 @@ def mlm_chunks(tokenizer, lines: Sequence[str], max_len: int, progress: bool = F
 def mlm_step_fn(model: MadxModel, head: MlmHead, tokenizer, chunks: list[list[int]], stack: AdapterStack,
                 cfg: TrainConfig) -> Callable[[int], tuple[torch.Tensor, int]]:
     specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    batches = Batches([len(c) for c in chunks], cfg.batch_size, cfg.seed)
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        rows = [[tokenizer.cls_token_id, *chunks[i], tokenizer.sep_token_id]
-                for i in batch_rows(len(chunks), cfg.batch_size, cfg.seed, step)]
+        rows = [[tokenizer.cls_token_id, *chunks[i], tokenizer.sep_token_id] for i in batches(step)]
         ids = pad(rows, tokenizer.pad_token_id)
         mask = (ids != tokenizer.pad_token_id).long()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -289,14 +350,16 @@ def ner_train_features(tokenizer, data: NerFile, labels: Sequence[str], max_len:
     unknown = sorted({t for s in data.sentences for t in s.tags} - set(index))
     if unknown:
         raise ValueError(f"tags {unknown} are not in the adapter's labels {list(labels)}")
-    sents = [s.tokens for s in data.sentences]
+    texts, spans = zip(*(join_words(s.tokens) for s in data.sentences), strict=True) if data.sentences else ((), ())
     ys = [[index[t] for t in s.tags] for s in data.sentences]
-    return ner_features(tokenizer, sents, ys, max_len)
+    return ner_features(tokenizer, texts, spans, ys, max_len)
 
 
 def ner_step_fn(model: MadxModel, tokenizer, feats, stack: AdapterStack, cfg: TrainConfig):
+    batches = Batches([len(f.input_ids) for f in feats], cfg.batch_size, cfg.seed)
+
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        rows = [feats[i] for i in batch_rows(len(feats), cfg.batch_size, cfg.seed, step)]
+        rows = [feats[i] for i in batches(step)]
         ids = pad([f.input_ids for f in rows], tokenizer.pad_token_id)
         y = pad([f.labels for f in rows], IGNORE)
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(f.input_ids) for f in rows])[:, None]).long()
@@ -309,25 +372,40 @@ def ner_step_fn(model: MadxModel, tokenizer, feats, stack: AdapterStack, cfg: Tr
 
 # ---------------------------------------------------------------------- QA
 def qa_train_windows(tokenizer, examples: Sequence[QAExample], max_len: int, stride: int):
-    """Windows that contain the (first) gold answer; windows without it are not trained on."""
+    """Every window of every answered question. A window that does not hold the (first) gold
+    answer is kept with both targets on ``<s>`` (index 0), as in BERT's SQuAD recipe: the model
+    learns to say "not here", which makes span scores comparable across windows
+    (``decode.best_spans`` normalises over context tokens plus ``<s>``)."""
     out = []
     for ex in examples:
-        if not ex.answers:
-            continue
-        out.extend(w for w in qa_windows(tokenizer, ex.question, ex.context, max_len, stride, ex.answers[0])
-                   if w.start_position > 0)
-    if not out:
+        if ex.answers:
+            out.extend(qa_windows(tokenizer, ex.question, ex.context, max_len, stride, ex.answers[0]))
+    if not any(w.start_position > 0 for w in out):
         raise ValueError("no QA training window contains its answer")
     return out
 
 
+def qa_answerable(w) -> torch.Tensor:
+    """(T,) bool: the positions a QA head may point at in window ``w``: its context tokens and <s>."""
+    m = torch.tensor([o is not None for o in w.offsets])
+    m[0] = True
+    return m
+
+
 def qa_step_fn(model: MadxModel, tokenizer, windows, stack: AdapterStack, cfg: TrainConfig):
+    """Start/end cross-entropy over each window's context tokens and <s> (question tokens and
+    separators can never be an answer, so they get no probability mass)."""
+    batches = Batches([len(w.input_ids) for w in windows], cfg.batch_size, cfg.seed)
+
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        rows = [windows[i] for i in batch_rows(len(windows), cfg.batch_size, cfg.seed, step)]
+        rows = [windows[i] for i in batches(step)]
         ids = pad([w.input_ids for w in rows], tokenizer.pad_token_id)
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(w.input_ids) for w in rows])[:, None])
+        allowed = torch.zeros_like(mask)  # (B, T)
+        for i, w in enumerate(rows):
+            allowed[i, :len(w.input_ids)] = qa_answerable(w)
         _, logits = model(ids, mask.long(), [stack] * len(rows))
-        logits = torch.stack(logits).masked_fill(~mask[..., None], -1e4)  # (B, T, 2)
+        logits = torch.stack(logits).masked_fill(~allowed[..., None], -1e4)  # (B, T, 2)
         sp = torch.tensor([w.start_position for w in rows])
         ep = torch.tensor([w.end_position for w in rows])
         loss = (F.cross_entropy(logits[..., 0], sp) + F.cross_entropy(logits[..., 1], ep)) / 2
@@ -365,9 +443,16 @@ def logits_for(model: MadxModel, seqs: Sequence[Sequence[int]], stacks: Sequence
 
 
 def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile, max_len: int = 256,
-                 drop_types: Sequence[str] = (), progress: bool = False, desc: str = "eval ner") -> dict[str, Any]:
+                 drop_types: Sequence[str] = (), progress: bool = False, desc: str = "eval ner",
+                 words: str = "gold") -> dict[str, Any]:
     """Entity-level F1 of the task adapter's predictions on ``data`` under ``stack``. Gold types in
-    ``drop_types`` (e.g. DATE, MISC, which the adapter cannot predict) are scored as O."""
+    ``drop_types`` (e.g. DATE, MISC, which the adapter cannot predict) are scored as O.
+
+    ``words="gold"`` tags the data's own tokens; ``words="segmented"`` tags what the server would:
+    each sentence is written out as text (``join_words``), cut into words by ``split_words``, tagged,
+    and the word tags are projected onto the gold tokens (``project_tags``)."""
+    if words not in ("gold", "segmented"):
+        raise ValueError(f"words {words!r} must be 'gold' or 'segmented'")
     labels = model.configs[stack.task].head.labels
     types = {lab[2:] for lab in labels if lab != "O"}
     gold = [[("O" if t != "O" and t[2:] in drop_types else t) for t in s.tags] for s in data.sentences]
@@ -375,30 +460,29 @@ def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile
     if unknown:
         raise ValueError(f"gold entity types {unknown} cannot be predicted by {stack.task!r} "
                          f"(labels {list(labels)}); pass them as drop_types to score them as O")
-    feats = ner_features(tokenizer, [s.tokens for s in data.sentences], None, max_len)
+    joined = [join_words(s.tokens) for s in data.sentences]
+    texts = [t for t, _ in joined]
+    spans = ([sp for _, sp in joined] if words == "gold"
+             else [[(w.start, w.end) for w in split_words(t)] for t in texts])
+    feats = ner_features(tokenizer, texts, spans, None, max_len, skip_empty=words == "segmented")
     logits = logits_for(model, [f.input_ids for f in feats], [stack] * len(feats), tokenizer.pad_token_id,
                         progress=progress, desc=desc)
-    pred = [["O"] * len(s.tokens) for s in data.sentences]  # words with no sub-word stay O
+    tags = [["O"] * len(sp) for sp in spans]  # words with no sub-word stay O
     for f, lg in zip(feats, logits, strict=True):
         for w, (lab, _) in word_predictions(f.word_ids, lg).items():
-            pred[f.sentence][w] = labels[lab]
+            tags[f.sentence][w] = labels[lab]
+    pred = tags if words == "gold" else [project_tags(spans[i], tags[i], joined[i][1]) for i in range(len(texts))]
     res = ner_f1(gold, pred)
     return {"f1": 100 * res["f1"], "precision": 100 * res["precision"], "recall": 100 * res["recall"],
-            "sentences": len(gold), "gold_entities": res["gold_entities"]}
+            "sentences": len(gold), "gold_entities": res["gold_entities"], "words": words}
 
 
-def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequence[QAExample], max_len: int = 384,
-                stride: int = 128, progress: bool = False, desc: str = "eval qa") -> dict[str, Any]:
-    """SQuAD v1.1 EM/F1 over all windows of each context (doc stride, nothing truncated).
-    Questions whose gold answers are all empty strings cannot be scored: an error if all are (a
-    file with its labels stripped), else they are left out and counted."""
-    unscorable = [ex.id for ex in examples if not any(a for a, _ in ex.answers)]
-    if len(unscorable) == len(examples):
-        raise ValueError(f"all {len(examples)} questions have empty gold answers (labels stripped?); cannot score")
-    examples = [ex for ex in examples if any(a for a, _ in ex.answers)]
+def qa_predictions(model: MadxModel, tokenizer, stack: AdapterStack, pairs: Sequence[tuple[str, str]],
+                   max_len: int = 384, stride: int = 128, progress: bool = False, desc: str = "eval qa") -> list[str]:
+    """The best answer string for each (question, context), over all windows of the context."""
     wins, owner = [], []
-    for i, ex in enumerate(examples):
-        for w in qa_windows(tokenizer, ex.question, ex.context, max_len, stride):
+    for i, (q, c) in enumerate(pairs):
+        for w in qa_windows(tokenizer, q, c, max_len, stride):
             wins.append(w)
             owner.append(i)
     logits = logits_for(model, [w.input_ids for w in wins], [stack] * len(wins), tokenizer.pad_token_id,
@@ -406,13 +490,46 @@ def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequ
     per: dict[int, list[int]] = {}
     for k, i in enumerate(owner):
         per.setdefault(i, []).append(k)
-    preds = {}
+    out = [""] * len(pairs)
     for i, ks in per.items():
         spans = best_spans([wins[k].offsets for k in ks], [logits[k][:, 0] for k in ks], [logits[k][:, 1] for k in ks])
-        ctx = examples[i].context
-        preds[examples[i].id] = ctx[spans[0].start:spans[0].end] if spans else ""
+        out[i] = pairs[i][1][spans[0].start:spans[0].end] if spans else ""
+    return out
+
+
+def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequence[QAExample], max_len: int = 384,
+                stride: int = 128, progress: bool = False, desc: str = "eval qa", blind: bool = True) -> dict[str, Any]:
+    """SQuAD v1.1 EM/F1 over all windows of each context (doc stride, nothing truncated).
+    Questions whose gold answers are all empty strings cannot be scored: an error if all are (a
+    file with its labels stripped), else they are left out and counted.
+
+    With ``blind`` it also scores a **question-blind baseline**: one answer per context, the
+    model's best span for that context with an empty question, given to every question of the
+    context (what a model that ignores the question would score), and ``same_answer_rate``: the
+    share of contexts with two or more questions whose questions all got the same answer."""
+    unscorable = [ex.id for ex in examples if not any(a for a, _ in ex.answers)]
+    if len(unscorable) == len(examples):
+        raise ValueError(f"all {len(examples)} questions have empty gold answers (labels stripped?); cannot score")
+    examples = [ex for ex in examples if any(a for a, _ in ex.answers)]
+    answers = qa_predictions(model, tokenizer, stack, [(ex.question, ex.context) for ex in examples], max_len,
+                             stride, progress, desc)
+    preds = {ex.id: a for ex, a in zip(examples, answers, strict=True)}
     golds = {ex.id: [a for a, _ in ex.answers if a] for ex in examples}
-    return {**squad_scores(preds, golds), "unscorable_empty_gold": len(unscorable)}
+    out = {**squad_scores(preds, golds), "unscorable_empty_gold": len(unscorable)}
+    if blind:
+        contexts = list(dict.fromkeys(ex.context for ex in examples))
+        blind_ans = dict(zip(contexts, qa_predictions(model, tokenizer, stack, [("", c) for c in contexts], max_len,
+                                                       stride, progress, f"{desc} (blind)"), strict=True))
+        b = squad_scores({ex.id: blind_ans[ex.context] for ex in examples}, golds)
+        by_ctx: dict[str, set[str]] = {}
+        count: dict[str, int] = {}
+        for ex in examples:
+            by_ctx.setdefault(ex.context, set()).add(preds[ex.id])
+            count[ex.context] = count.get(ex.context, 0) + 1
+        multi = [c for c in contexts if count[c] > 1]
+        out.update({"blind_f1": b["f1"], "blind_exact_match": b["exact_match"],
+                    "same_answer_rate": 100.0 * sum(len(by_ctx[c]) == 1 for c in multi) / len(multi) if multi else None})
+    return out
 
 
 def file_provenance(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -176,14 +176,37 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _dev_split(examples, fraction: float):
+    """(train, dev) QA examples: a context goes to dev when its hash falls under ``fraction`` (all its
+    questions together, so no dev context is ever trained on); the split is a function of the text."""
+    import hashlib
+
+    def dev(ex) -> bool:
+        return int(hashlib.sha1(ex.context.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+    return [ex for ex in examples if not dev(ex)], [ex for ex in examples if dev(ex)]
+
+
 def cmd_task(args) -> int:
     from .artifacts import load_store
-    from .train import file_provenance, fit, ner_step_fn, ner_train_features, qa_step_fn, qa_train_windows
+    from .train import (
+        Batches,
+        evaluate_ner,
+        evaluate_qa,
+        file_provenance,
+        fit,
+        ner_step_fn,
+        ner_train_features,
+        qa_step_fn,
+        qa_train_windows,
+    )
 
     model, tok = _setup(args)
     if args.lang_adapter:
         load_store(model, args.store, [args.lang_adapter])
-    cfg = _cfg(args)
+    stack = AdapterStack(args.lang_adapter, args.name)
+    dev_info: dict[str, Any] = {}
+    evaluate = None
     if args.task == "ner":
         data = [read_conll(p) for p in args.train]
         from .data import NerFile
@@ -193,27 +216,75 @@ def cmd_task(args) -> int:
             merged.sentences = merged.sentences[:args.max_examples]
         examples = ner_train_features(tok, merged, NER_LABELS, args.max_len)
         cfg_a = AdapterConfig.task(args.name, "ner", NER_LABELS, reduction_factor=args.reduction_factor)
+        if args.dev:
+            dev_data = read_conll(args.dev)
+            dev_data.sentences = dev_data.sentences[:args.dev_max]
+            dev_info = {"dev": str(args.dev), "dev_sentences": len(dev_data.sentences), "metric": "entity F1"}
+
+            def evaluate() -> float:
+                return evaluate_ner(model, tok, stack, dev_data, 256)["f1"]
     else:
         qa = []
         skip = {q.id for p in args.exclude_squad for q in read_squad(p)}
+        skip_ctx = {q.context for p in args.exclude_squad for q in read_squad(p)}
         for p in args.train:
-            qa.extend(q for q in read_squad(p) if q.id not in skip)
+            qa.extend(q for q in read_squad(p) if q.id not in skip and q.context not in skip_ctx)
         if args.max_examples:
             qa = qa[:args.max_examples]
+        dev_qa = []
+        if args.dev_fraction:
+            qa, dev_qa = _dev_split(qa, args.dev_fraction)
+            dev_qa = dev_qa[:args.dev_max]
+            dev_info = {"dev": f"{args.dev_fraction:.0%} of the training contexts (by hash)",
+                        "dev_questions": len(dev_qa), "train_questions": len(qa), "metric": "SQuAD F1"}
+
+            def evaluate() -> float:
+                return evaluate_qa(model, tok, stack, dev_qa, 384, args.stride, blind=False)["f1"]
         examples = qa_train_windows(tok, qa, args.max_len, args.stride)
         cfg_a = AdapterConfig.task(args.name, "qa", reduction_factor=args.reduction_factor)
-    print(f"{args.name}: {len(examples)} training windows")
-    mod = model.add_adapter(cfg_a)
+    per_epoch = Batches([len(e.input_ids) for e in examples], args.batch_size, args.seed).per_epoch
+    if args.epochs:
+        args.steps = max(1, round(args.epochs * per_epoch))
+    print(f"{args.name}: {len(examples)} training windows, {per_epoch} steps per epoch, {args.steps} steps"
+          + (f", dev: {dev_info}" if dev_info else ""))
+    if args.init_from:  # warm start (e.g. more epochs in a later session) from a finished adapter
+        from .artifacts import load_adapter, read_manifest
+
+        entries = read_manifest(args.store)["adapters"]
+        if args.init_from not in entries:
+            raise SystemExit(f"--init-from {args.init_from!r} is not in {args.store}; has: {sorted(entries)}")
+        got = load_adapter(model, args.store / entries[args.init_from]["path"], name=args.name,
+                           expected_sha256=entries[args.init_from]["sha256"])
+        if got != cfg_a:
+            model.remove_adapter(args.name)
+            raise SystemExit(f"--init-from {args.init_from!r} is {got}; this run trains {cfg_a} (same architecture needed)")
+        mod = model.adapters[args.name]
+    else:
+        mod = model.add_adapter(cfg_a)
     model.train()
-    stack = AdapterStack(args.lang_adapter, args.name)
+    cfg = _cfg(args)
     step_fn = (ner_step_fn if args.task == "ner" else qa_step_fn)(model, tok, examples, stack, cfg)
     prov = file_provenance(args.train)
+
+    def evaluate_then_train() -> float:
+        model.eval()
+        try:
+            return evaluate()  # type: ignore[misc]
+        finally:
+            model.train()
+
     res = fit(dict(mod.named_parameters()), step_fn, cfg, _checkpoint(args, args.name),
               {"command": "task", "name": args.name, "adapter": repr(cfg_a), "lang_adapter": args.lang_adapter,
-               "data": prov, "max_examples": args.max_examples}, f"task {args.name}", not args.no_progress)
-    return _finish(args, model, args.name, res, prov, {"train_loss": res.summary()["last_loss"],
+               "data": prov, "max_examples": args.max_examples, "dev": dev_info, "init_from": args.init_from},
+              f"task {args.name}",
+              not args.no_progress, evaluate=evaluate_then_train if evaluate else None, eval_every=args.eval_every,
+              patience=args.patience)
+    s = res.summary()
+    return _finish(args, model, args.name, res, prov, {"train_loss": s["last_loss"], "dev": dev_info,
+                                                        "dev_score": s["best_dev"], "best_step": s["best_step"],
+                                                        "dev_curve": s["dev_curve"], "epochs": round(res.step / per_epoch, 2),
                                                         "trained_on_language_adapter": args.lang_adapter,
-                                                        "windows": len(examples)})
+                                                        "init_from": args.init_from, "windows": len(examples)})
 
 
 def _pairs(items: list[str], what: str) -> list[tuple[str, Path]]:
@@ -248,7 +319,8 @@ def cmd_eval(args) -> int:
             data = read_conll(path)
             if args.max_examples:
                 data.sentences = data.sentences[:args.max_examples]
-            m = evaluate_ner(model, tok, stack, data, args.max_len, args.drop_types, not args.no_progress, f"{lang}")
+            m = evaluate_ner(model, tok, stack, data, args.max_len, args.drop_types, not args.no_progress, f"{lang}",
+                             words=args.words)
         else:
             ex = read_squad(path)[:args.max_examples or None]
             m = evaluate_qa(model, tok, stack, ex, args.max_len, args.stride, not args.no_progress, f"{lang}")
@@ -273,7 +345,8 @@ def cmd_report(args) -> int:
         metric = "f1"
         langs = list(dict.fromkeys(r["language"] for r in rs))
         names = list(dict.fromkeys(r["row"] for r in rs))
-        lines += [f"### {task.upper()} ({'entity F1' if task == 'ner' else 'F1 / EM'}, mean over seeds)", "",
+        what = "entity F1" if task == "ner" else "F1 / EM (question-blind baseline F1)"
+        lines += [f"### {task.upper()} ({what}, mean over seeds)", "",
                   "| row | " + " | ".join(langs) + " | mean (targets) |", "|---" * (len(langs) + 2) + "|"]
         for n in names:
             cells, targets = [], []
@@ -287,6 +360,8 @@ def cmd_report(args) -> int:
                     targets.append(f1)
                 seeds = f" (n={len(vals)})" if len(vals) > 1 else ""
                 em = f" / {sum(v['exact_match'] for v in vals) / len(vals):.1f}" if task == "qa" else ""
+                blind = [v["blind_f1"] for v in vals if v.get("blind_f1") is not None]
+                em += f" (blind {sum(blind) / len(blind):.1f})" if blind else ""
                 cells.append(f"{f1:.1f}{em}{seeds}")
             mean = f"{sum(targets) / len(targets):.1f}" if targets else "–"
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
@@ -340,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--reduction-factor", type=float, default=16)
     p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--epochs", type=float, default=None, help="train this many epochs (sets --steps)")
+    p.add_argument("--init-from", default=None, help="start from this finished task adapter of the store (same architecture)")
+    p.add_argument("--dev", type=Path, default=None, help="NER: CoNLL dev file scored during training")
+    p.add_argument("--dev-fraction", type=float, default=0.0,
+                   help="QA: hold out this share of the training contexts as the dev set")
+    p.add_argument("--dev-max", type=int, default=1000, help="score at most this many dev sentences/questions")
+    p.add_argument("--eval-every", type=int, default=0, help="score the dev set every N steps (0: only at the end)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many dev scorings without a new best (the best parameters are saved)")
     p.set_defaults(fn=cmd_task)
 
     p = sub.add_parser("eval", help="zero-shot evaluation: swap in each target language's adapter")
@@ -353,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--words", choices=("gold", "segmented"), default="gold",
+                   help="NER: tag the data's own tokens, or the words the server cuts from the text (scored on gold tokens)")
     p.add_argument("--row", required=True, help="row label in the results table")
     p.add_argument("--seed-label", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="append rows to this JSON file")

@@ -3,6 +3,10 @@
     python scripts/make_default_store.py /tmp/madx-exp/store --languages en sw yo rw qu my is ar zh \
         --task ner=ner-s0 --task qa=qa-s0
 
+Language adapters (and their detector profiles) may come from another store than the task
+adapters: ``--language-source madx/default_store`` keeps the shipped ones (the store is built in a
+temporary directory first, so the source may be the destination).
+
 Weights are stored as float16 (half the size; loading casts back to the model's dtype). Each
 entry keeps its training metrics, data provenance and training config; detector profiles of the
 shipped languages are copied.
@@ -12,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,31 +40,37 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", type=Path, default=ROOT / "madx" / "default_store")
     ap.add_argument("--languages", nargs="+", required=True)
     ap.add_argument("--task", action="append", default=[], help="SERVED_NAME=SOURCE_NAME")
+    ap.add_argument("--language-source", type=Path, default=None, help="store to take language adapters from")
     args = ap.parse_args(argv)
-    src = read_manifest(args.source)["adapters"]
+    lang_src = args.language_source or args.source
+    manifests = {args.source: read_manifest(args.source)["adapters"], lang_src: read_manifest(lang_src)["adapters"]}
     bb = load_backbone()
     model = MadxModel(bb.model, bb.name)
-    if args.dest.exists():
-        shutil.rmtree(args.dest)
-    pairs = [(lang, lang) for lang in args.languages] + [tuple(t.split("=", 1)) for t in args.task]
-    for served, source in pairs:
-        load_store(model, args.source, [source])
+    final, args.dest = args.dest, Path(tempfile.mkdtemp(prefix=".default_store.", dir=args.dest.parent))
+    pairs = ([(lang, lang, lang_src) for lang in args.languages]
+             + [(*t.split("=", 1), args.source) for t in args.task])
+    for served, source, store in pairs:
+        src = manifests[store]
+        load_store(model, store, [source])
         if served != source:  # re-register under the served name
             cfg = model.configs[source]
             mod = model.adapters[source]
             model.remove_adapter(source)
             new = model.add_adapter(AdapterConfig(served, cfg.kind, cfg.bottleneck, cfg.invertible, cfg.head))
             new.load_state_dict(mod.state_dict())
-        meta, _ = read_artifact(args.source / src[source]["path"])
+        meta, _ = read_artifact(store / src[source]["path"])
         extra = {k: src[source][k] for k in ("metrics", "data") if k in src[source]}
-        extra["trained_as"] = source
+        extra["trained_as"] = src[source].get("trained_as", source)
         save_to_store(model, served, args.dest, training=meta.get("training"), extra=extra, dtype=torch.float16)
         model.remove_adapter(served)
-    profiles = load_profiles(args.source)
+    profiles = load_profiles(lang_src)
     for lang in args.languages:
         save_profile(args.dest, lang, profiles[lang])
-    size = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file())
-    print(json.dumps({"dest": str(args.dest), "adapters": [p[0] for p in pairs], "bytes": size}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(args.dest, final)
+    size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+    print(json.dumps({"dest": str(final), "adapters": [p[0] for p in pairs], "bytes": size}))
     return 0
 
 

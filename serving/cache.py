@@ -39,6 +39,14 @@ class Entry:
     language: str | None
     sha256: dict[str, str] | None  # None for adapters an admin loaded from a path outside the store
     source: str  # "store" | "admin"
+    trained_alone: bool = False  # a task adapter trained without a language adapter under it
+
+
+def _trained_alone(e: dict) -> bool:
+    """The store records the language adapter a task adapter was trained on; ``None`` there means it
+    was trained alone (no key: unknown, served as a MAD-X stack as before)."""
+    m = e.get("metrics") or {}
+    return e.get("kind") == "task" and "trained_on_language_adapter" in m and m["trained_on_language_adapter"] is None
 
 
 class AdapterCache:
@@ -58,7 +66,8 @@ class AdapterCache:
             raise ArtifactError(f"adapter store {str(self.store)!r} has no adapters in manifest.json")
         for name, e in sorted(manifest.items()):
             self.entries[name] = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
-                                       name if e["kind"] == "language" else None, e["sha256"], "store")
+                                       name if e["kind"] == "language" else None, e["sha256"], "store",
+                                       _trained_alone(e))
         for name in list(self.entries):  # validate everything now; a bad adapter is refused, the rest serve
             try:
                 self._from_disk(name)
@@ -137,7 +146,7 @@ class AdapterCache:
                                f"the store has: {sorted(m)}")
             e = m[name]
             entry = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
-                          name if e["kind"] == "language" else None, e["sha256"], "store")
+                          name if e["kind"] == "language" else None, e["sha256"], "store", _trained_alone(e))
         old = self.entries.get(name)
         self.admin_unload(name, missing_ok=True)
         self.entries[name] = entry

@@ -151,6 +151,9 @@ class Engine:
                 language, source = lang, "detected"
         else:
             language = language.lower().replace("_", "-")
+        if self.cache.entries[name].trained_alone and (language in served or self.s.fallback.mode != "strict"):
+            # no language adapter under a task adapter that was trained without one
+            return Route(AdapterStack(None, name), language, source, conf, "task_only:trained_alone")
         if language in served:
             return Route(AdapterStack(language, name), language, source, conf, None)
         mode = self.s.fallback.mode
@@ -183,7 +186,8 @@ class Engine:
         routes = [self.route("ner", language, t) for t in texts]
         words = [split_words(t) for t in texts]
         try:
-            feats = ner_features(self.tok, [[w.text for w in ws] for ws in words], None, self.ner_window, skip_empty=True)
+            feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
+                                 self.ner_window, skip_empty=True)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
         logits = (await self.batcher.submit([f.input_ids for f in feats], [routes[f.sentence].stack for f in feats])
@@ -196,7 +200,7 @@ class Engine:
             per_text[f.sentence].update(word_predictions(f.word_ids, lg))
             windows[f.sentence] += 1
             if return_tokens:
-                tokens[f.sentence].extend(self._tokens(f, lg, words[f.sentence], labels))
+                tokens[f.sentence].extend(self._tokens(f, lg, texts[f.sentence], labels))
         results = []
         for i, t in enumerate(texts):
             preds = per_text[i]
@@ -207,17 +211,17 @@ class Engine:
                             "tokens": tokens[i] if return_tokens else None, "windows": windows[i]})
         return {"results": results, "backbone": self.model.backbone_name}
 
-    def _tokens(self, f, lg: np.ndarray, words, labels) -> list[dict]:
-        """Each sub-word with its own label; offsets are those of the sub-word inside its word."""
+    def _tokens(self, f, lg: np.ndarray, text: str, labels) -> list[dict]:
+        """Each sub-word that carries characters, with its own label and its own character span
+        (bare ``▁`` pieces carry none and are left out)."""
         probs = softmax(lg)  # numpy: no torch on the event loop thread (serving/compute.py)
         p, best = probs.max(-1), probs.argmax(-1)
         out = []
-        ids = f.input_ids
-        for t, w in enumerate(f.word_ids):
-            if w is None:
+        for t, span in enumerate(f.spans):
+            if span is None:
                 continue
-            piece = self.tok.convert_ids_to_tokens(ids[t])
-            out.append({"token": piece, "label": labels[int(best[t])], "start": words[w].start, "end": words[w].end,
+            out.append({"token": self.tok.convert_ids_to_tokens(f.input_ids[t]), "label": labels[int(best[t])],
+                        "start": span[0], "end": span[1], "text": text[span[0]:span[1]],
                         "score": round(float(p[t]), 4)})
         return out
 

@@ -66,7 +66,9 @@ class Routing(_Out):
     language_source: Literal["request", "detected", "undetermined"]
     detection_confidence: float | None = None
     stack: StackOut
-    fallback: str | None = Field(None, description="why the stack differs from the language: 'related:<lang>' or 'task_only'")
+    fallback: str | None = Field(None, description="why the stack differs from the language: 'related:<lang>', 'task_only' "
+                                                     "(no adapter for the language), or 'task_only:trained_alone' (the "
+                                                     "task adapter was trained without a language adapter)")
 
 
 class EntityOut(_Out):
@@ -78,10 +80,11 @@ class EntityOut(_Out):
 
 
 class TokenOut(_Out):
-    token: str
-    label: str
-    start: int
-    end: int
+    token: str = Field(description="the sub-word piece (bare '▁' pieces carry no characters and are not listed)")
+    label: str = Field(description="this piece's own label; a word's label is that of its first piece")
+    start: int = Field(description="the characters this piece carries: Unicode code point offsets")
+    end: int = Field(description="exclusive")
+    text: str = Field(description="== input[start:end]")
     score: float
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,9 +16,10 @@ from madx.data import read_conll, read_squad
 from madx.decode import best_spans, word_predictions
 from madx.model import MadxModel
 from madx.train import (
+    Batches,
     CheckpointError,
     TrainConfig,
-    batch_rows,
+    epoch_batches,
     evaluate_ner,
     evaluate_qa,
     fit,
@@ -46,12 +48,18 @@ def ner_setup(steps: int = 30, seed: int = 0):
     return model, tok, mod, cfg, ner_step_fn(model, tok, feats, AdapterStack(None, "ner"), cfg)
 
 
-def test_batch_rows_cover_each_epoch_and_are_seeded():
-    n, bs = 10, 3
-    epoch0 = sum((batch_rows(n, bs, 7, s) for s in range(3)), [])
-    assert len(set(epoch0)) == 9 and set(epoch0) <= set(range(n))
-    assert batch_rows(n, bs, 7, 4) == batch_rows(n, bs, 7, 4)
-    assert batch_rows(n, bs, 7, 0) != batch_rows(n, bs, 8, 0)
+def test_epoch_batches_cover_each_epoch_are_seeded_and_length_sorted():
+    lengths = [5, 40, 7, 38, 6, 39, 8, 41, 9, 37]
+    ep0 = epoch_batches(lengths, 3, seed=7, epoch=0, pool=10)
+    seen = sum(ep0, [])
+    assert len(seen) == 9 and len(set(seen)) == 9  # each example at most once; n % batch_size left over
+    assert epoch_batches(lengths, 3, 7, 0, pool=10) == ep0
+    assert epoch_batches(lengths, 3, 8, 0, pool=10) != ep0 and epoch_batches(lengths, 3, 7, 1, pool=10) != ep0
+    # inside a pool rows are sorted by length: short rows and long rows do not share a batch
+    by_len = sorted(([lengths[i] for i in b] for b in ep0), key=min)
+    assert all(max(a) <= min(b) for a, b in zip(by_len, by_len[1:], strict=False))
+    b = Batches(lengths, 3, seed=7)
+    assert b.per_epoch == 3 and [b(s) for s in range(3)] == epoch_batches(lengths, 3, 7, 0)
 
 
 @pytest.mark.parametrize("task", ["ner", "qa"])
@@ -187,3 +195,89 @@ def test_mlm_head_is_copied_from_a_checkpoint_that_has_one(tmp_path):
     h = torch.randn(5, 32)
     with torch.no_grad():
         assert torch.allclose(head(h), lm.lm_head(h), atol=1e-5)
+
+
+def test_qa_windows_without_the_answer_are_trained_to_point_at_cls():
+    _, tok = tiny()
+    ex = read_squad(FIX / "qa.json")
+    wins = qa_train_windows(tok, ex, 24, 8)  # small windows: most do not hold the answer
+    with_answer = [w for w in wins if w.start_position > 0]
+    without = [w for w in wins if w.start_position == 0]
+    assert with_answer and without  # both kinds are trained on
+    assert all(w.end_position == 0 for w in without)
+    for w in with_answer:  # the targets are context tokens, in order
+        assert w.offsets[w.start_position] is not None and w.offsets[w.end_position] is not None
+        assert w.start_position <= w.end_position
+
+
+def test_best_spans_prefers_the_window_that_holds_the_answer():
+    # window 0 says "not here" (mass on <s>) but is peaked on one context token; window 1 holds the
+    # answer with a flatter distribution and little mass on <s>. Normalising each window over its
+    # context alone (the old decoder) would pick window 0's span.
+    offs = [[None, None, (0, 3), (4, 8), (9, 12)], [None, None, (13, 17), (18, 22), (23, 27)]]
+    s = [np.array([9.0, 0, 4.0, -4, -4]), np.array([-5.0, 0, 2.0, 1.5, 1.0])]
+    spans = best_spans(offs, s, s, top_k=2)
+    assert (spans[0].start, spans[0].end) == (13, 17)
+    old = best_spans(offs, s, s, top_k=1, null_index=None)
+    assert (old[0].start, old[0].end) == (0, 3)
+
+
+def test_qa_question_blind_baseline_scores_one_answer_per_context(monkeypatch):
+    import madx.train as tr
+
+    ex = [tr.QAExample("1", "Who?", "Ann met Bob in Rome.", (("Ann", 0),)),
+          tr.QAExample("2", "Where?", "Ann met Bob in Rome.", (("Rome", 15),)),
+          tr.QAExample("3", "Whom?", "Ann met Bob in Rome.", (("Bob", 8),))]
+
+    def fake(model, tok, stack, pairs, *a, **k):  # reads the question: right answers; blind: "Rome"
+        return ["Rome" if q == "" else {"Who?": "Ann", "Where?": "Rome", "Whom?": "Bob"}[q] for q, _ in pairs]
+
+    monkeypatch.setattr(tr, "qa_predictions", fake)
+    res = tr.evaluate_qa(None, None, AdapterStack(None, "qa"), ex)
+    assert res["f1"] == 100 and res["blind_f1"] == pytest.approx(100 / 3) and res["same_answer_rate"] == 0
+
+
+def test_fit_keeps_the_best_dev_parameters_and_stops_early(tmp_path):
+    _, _, mod, _, step_fn = ner_setup()
+    cfg = TrainConfig(steps=40, batch_size=2, lr=1e-2, warmup=0.0, checkpoint_every=5)
+    scores = iter([1.0, 3.0, 2.0, 2.5, 2.9, 9.0])  # best at the 2nd scoring, then no gain for 3
+    snaps = []
+
+    def evaluate():
+        snaps.append({k: v.clone() for k, v in mod.state_dict().items()})
+        return next(scores)
+
+    res = fit(dict(mod.named_parameters()), step_fn, cfg, tmp_path / "ck.pt", {}, progress=False,
+              evaluate=evaluate, eval_every=4, patience=3)
+    assert res.stopped_by == "early_stop" and res.done and res.step == 20
+    assert [s for s, _ in res.dev_curve] == [4, 8, 12, 16, 20] and res.best_step == 8
+    for k, v in mod.state_dict().items():  # the parameters left in place are those scored best
+        assert torch.equal(v, snaps[1][k]), k
+    assert res.summary()["best_dev"] == 3.0
+
+
+def test_evaluate_ner_on_the_servers_words_equals_gold_words_where_they_agree():
+    model, tok, mod, cfg, step_fn = ner_setup(steps=40)
+    fit(dict(mod.named_parameters()), step_fn, cfg, None, {}, progress=False)
+    data = read_conll(FIX / "ner_en.conll")  # plain space-separated English: ICU's words are the gold tokens
+    from madx.words import join_words, split_words
+
+    assert all([w.text for w in split_words(join_words(s.tokens)[0])] == list(s.tokens) for s in data.sentences)
+    model.eval()
+    gold = evaluate_ner(model, tok, AdapterStack(None, "ner"), data)
+    seg = evaluate_ner(model, tok, AdapterStack(None, "ner"), data, words="segmented")
+    assert gold["f1"] > 0 and seg["f1"] == gold["f1"] and seg["words"] == "segmented"
+
+
+def test_cli_task_with_dev_set_epochs_and_warm_start(tmp_path, capsys):
+    store = tmp_path / "store"
+    common = ["--store", str(store), "--backbone", TINY, "--no-progress", "--batch-size", "2", "--max-len", "32"]
+    ner = ["task", *common, "--task", "ner", "--train", str(FIX / "ner_en.conll"), "--dev", str(FIX / "ner_en.conll")]
+    assert main([*ner, "--name", "a", "--epochs", "2", "--eval-every", "1", "--lr", "1e-2"]) == 0
+    m = read_manifest(store)["adapters"]["a"]["metrics"]
+    assert m["epochs"] == 2.0 and len(m["dev_curve"]) >= 2 and m["dev_score"] == max(v for _, v in m["dev_curve"])
+    assert m["trained_on_language_adapter"] is None and m["dev"]["metric"] == "entity F1"
+    assert main([*ner, "--name", "b", "--steps", "1", "--init-from", "a"]) == 0
+    assert read_manifest(store)["adapters"]["b"]["metrics"]["init_from"] == "a"
+    with pytest.raises(SystemExit, match="same architecture"):
+        main([*ner, "--name", "c", "--steps", "1", "--init-from", "a", "--reduction-factor", "8"])

@@ -80,15 +80,17 @@ def test_numpy_word_predictions_equal_torch(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_numpy_best_spans_scores_are_probabilities_over_context_tokens(seed):
+def test_numpy_best_spans_scores_are_probabilities_over_context_tokens_and_the_null_token(seed):
     rng = np.random.default_rng(seed)
     n = 30
     offs = [None] * 6 + [(4 * i, 4 * i + 3) for i in range(n - 7)] + [None]
     s, e = rng.normal(size=n).astype(np.float32) * 3, rng.normal(size=n).astype(np.float32) * 3
     spans = best_spans([offs], [s], [e], top_k=5, max_answer_tokens=30, candidates=n)
     ctx = np.array([o is not None for o in offs])
-    ps = torch.tensor(s)[ctx].softmax(-1).numpy()
-    pe = torch.tensor(e)[ctx].softmax(-1).numpy()
+    norm = ctx.copy()
+    norm[0] = True  # <s>: "the answer is not in this window"
+    ps = torch.tensor(s)[norm].softmax(-1).numpy()[1:]
+    pe = torch.tensor(e)[norm].softmax(-1).numpy()[1:]
     idx = np.flatnonzero(ctx)
     ref = sorted(((ps[i] * pe[j], offs[idx[i]][0], offs[idx[j]][1]) for i in range(len(idx))
                   for j in range(len(idx)) if j >= i), reverse=True)[:5]

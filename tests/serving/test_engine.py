@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 
 import pytest
@@ -40,6 +41,30 @@ def test_routing_and_fallback(make_engine, engine, language, fallback_mode, want
     r = eng.route("ner", language, "x")
     assert (r.stack.language, r.source, r.fallback) == want
     assert r.stack.task == "ner"
+
+
+@pytest.mark.parametrize("language, fallback_mode, want", [
+    ("sw", "related", (None, "sw", "task_only:trained_alone")),
+    ("swa", "related", (None, "swa", "task_only:trained_alone")),
+    ("fr", "related", (None, "fr", "task_only:trained_alone")),
+    ("sw", "strict", (None, "sw", "task_only:trained_alone")),
+    ("fr", "strict", 422),  # strict still refuses a language without an adapter
+])
+def test_a_task_adapter_trained_alone_is_served_alone(make_engine, tiny_store, tmp_path, language, fallback_mode, want):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    m = json.loads((store / "manifest.json").read_text())
+    m["adapters"]["ner"]["metrics"] = {"trained_on_language_adapter": None}
+    (store / "manifest.json").write_text(json.dumps(m))
+    eng = make_engine(store=store, fallback={"mode": fallback_mode})
+    if want == 422:
+        with pytest.raises(RequestError) as e:
+            eng.route("ner", language, "x")
+        assert e.value.status == 422
+        return
+    r = eng.route("ner", language, "x")
+    assert (r.stack.language, r.language, r.fallback) == want
+    assert eng.route("qa", "sw", "x").stack.language == "sw"  # qa has no such record: a MAD-X stack as before
 
 
 def test_detection_reports_language_and_confidence(engine):
@@ -94,10 +119,13 @@ def test_long_text_uses_windows_and_keeps_every_word(engine):
     res = run(engine.ner([LONG], "sw", True))["results"][0]
     assert res["windows"] > 1
     assert res["tokens"][-1]["end"] == len(LONG) - 1 or res["tokens"][-1]["end"] == len(LONG)
-    words_covered = {(t["start"], t["end"]) for t in res["tokens"]}
     from serving.text import split_words
 
-    assert words_covered == {(w.start, w.end) for w in split_words(LONG)}
+    covered = set()  # every character of every word is carried by a returned sub-word
+    for t in res["tokens"]:
+        assert LONG[t["start"]:t["end"]] == t["text"] and t["token"].lstrip("▁") != ""
+        covered.update(range(t["start"], t["end"]))
+    assert covered == {i for w in split_words(LONG) for i in range(w.start, w.end)}
     for e in res["entities"]:
         assert LONG[e["start"]:e["end"]] == e["text"]
 
@@ -268,3 +296,15 @@ def test_full_queue_refuses_before_routing_and_tokenising(make_engine, monkeypat
     eng.batcher.queue.clear()
     monkeypatch.undo()
     assert run(eng.ner(["a b"], "en", False))["results"]  # and it keeps serving
+
+
+@pytest.mark.parametrize("text", ["国家主席习近平在北京会见了美国总统拜登。", "東京都知事の小池百合子は大阪を訪れた。",
+                                  "Nabonye y'u n'inshuti ya Thiong'o."])
+def test_ner_tokens_carry_characters_and_cjk_runs_are_not_marker_pairs(engine, text):
+    res = run(engine.ner([text], "sw", True))["results"][0]
+    pieces = [t["token"] for t in res["tokens"]]
+    assert all(p.strip("▁") for p in pieces)  # no bare "▁" piece carries a label
+    if not text.isascii() and " " not in text:  # one unspaced run: the marker only where the text starts
+        assert not any(p.startswith("▁") for p in pieces[1:]), pieces
+    for t in res["tokens"]:
+        assert text[t["start"]:t["end"]] == t["text"] == t["token"].lstrip("▁").replace("▁", " ") or t["token"] == "<unk>"

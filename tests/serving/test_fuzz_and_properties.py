@@ -9,6 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from madx.words import invisible
 from serving.app import LocalBackend, build_app
 from serving.settings import Limits
 from serving.text import split_words
@@ -19,7 +20,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(H
 
 @SETTINGS
 @given(UNICODE)
-def test_words_are_disjoint_ordered_slices_covering_every_non_space(text):
+def test_words_are_disjoint_ordered_slices_covering_every_visible_character(text):
     words = split_words(text)
     covered = set()
     last = 0
@@ -27,7 +28,10 @@ def test_words_are_disjoint_ordered_slices_covering_every_non_space(text):
         assert text[w.start:w.end] == w.text and w.start >= last and w.end > w.start
         last = w.end
         covered.update(range(w.start, w.end))
-    assert {i for i, ch in enumerate(text) if not ch.isspace()} <= covered
+    # every character but spaces and invisible format characters (Cf) is inside a word, and no word
+    # starts or ends in one of those
+    assert {i for i, ch in enumerate(text) if not invisible(ch)} <= covered
+    assert not any(invisible(w.text[0]) or invisible(w.text[-1]) for w in words)
 
 
 @SETTINGS

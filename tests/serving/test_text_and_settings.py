@@ -14,8 +14,8 @@ from serving.text import entities_from_words, split_words
     ("مرحبا بالعالم!", ["مرحبا", "بالعالم", "!"]),  # RTL
     ("👩\u200d💻 works 👍🏽", ["👩\u200d💻", "works", "👍🏽"]),  # ZWJ sequence, skin-tone modifier
     ("e\u0301te\u0301  café\n", ["e\u0301te\u0301", "café"]),  # combining acute accents
-    ("\u0301abc", ["\u0301abc"]),  # a leading mark is kept, not dropped
-    ("東京都に住むABC", ["東", "京", "都", "に", "住", "む", "ABC"]),  # Han and kana: one word per character
+    ("\u0301abc", ["\u0301", "abc"]),  # a leading mark is kept (its own grapheme cluster, UAX #29), not dropped
+    ("東京都に住むABC", ["東京", "都", "に", "住む", "ABC"]),  # Han and kana: dictionary words (tests/test_words.py)
     ("   ", []),
 ])
 def test_split_words_offsets_are_slices(text, words):
