@@ -7,6 +7,7 @@ import unicodedata
 import pytest
 
 from madx.words import join_words, split_words
+from serving.text import split_words as served_split_words
 
 
 @pytest.mark.parametrize("text, words", [
@@ -32,12 +33,15 @@ from madx.words import join_words, split_words
     ("Reykjavík\u200e og\u200b Paris\u202c.", ["Reykjavík", "og", "Paris", "."]),
     ("\u200fמרחבא\u200f x", ["מרחבא", "x"]),
     ("Angela Merkel, in Paris.", ["Angela", "Merkel", ",", "in", "Paris", "."]),
+    ("مرحبا بالعالم!", ["مرحبا", "بالعالم", "!"]),  # RTL
+    ("\u0301abc", ["\u0301", "abc"]),  # a leading mark is kept (its own grapheme cluster), not dropped
     ("   \u200b ", []),
 ])
 def test_split_words_as_people_write_them(text, words):
     got = split_words(text)
     assert [w.text for w in got] == words
     assert all(text[w.start:w.end] == w.text for w in got)
+    assert served_split_words(text) == got  # the server cuts words with this very function
 
 
 def test_offsets_are_code_points_after_astral_characters():

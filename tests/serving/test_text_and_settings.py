@@ -1,4 +1,4 @@
-"""Word segmentation with exact offsets, entity aggregation, settings validation."""
+"""Entity aggregation from word tags, settings validation (word segmentation: tests/test_words.py)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,6 @@ import pytest
 
 from serving.settings import SettingsError, load_settings
 from serving.text import entities_from_words, split_words
-
-
-@pytest.mark.parametrize("text, words", [
-    ("Angela Merkel, in Paris.", ["Angela", "Merkel", ",", "in", "Paris", "."]),
-    ("नमस्ते दुनिया", ["नमस्ते", "दुनिया"]),  # vowel signs / virama (marks) stay inside the word
-    ("مرحبا بالعالم!", ["مرحبا", "بالعالم", "!"]),  # RTL
-    ("👩\u200d💻 works 👍🏽", ["👩\u200d💻", "works", "👍🏽"]),  # ZWJ sequence, skin-tone modifier
-    ("e\u0301te\u0301  café\n", ["e\u0301te\u0301", "café"]),  # combining acute accents
-    ("\u0301abc", ["\u0301", "abc"]),  # a leading mark is kept (its own grapheme cluster, UAX #29), not dropped
-    ("東京都に住むABC", ["東京", "都", "に", "住む", "ABC"]),  # Han and kana: dictionary words (tests/test_words.py)
-    ("   ", []),
-])
-def test_split_words_offsets_are_slices(text, words):
-    got = split_words(text)
-    assert [w.text for w in got] == words
-    assert all(text[w.start:w.end] == w.text for w in got)
 
 
 def test_entities_from_word_tags():
