@@ -25,7 +25,7 @@ def test_store_contents_and_size():
     assert sorted(n for n, e in m.items() if e["kind"] == "language") == LANGS
     assert {n: e["task_type"] for n, e in m.items() if e["kind"] == "task"} == {"ner": "ner", "qa": "qa"}
     size = sum(f.stat().st_size for f in PACKAGED_STORE.rglob("*") if f.is_file())
-    assert size < 8 * 2**20, size
+    assert size < 12 * 2**20, size
     for e in m.values():  # provenance travels with every shipped adapter
         assert e["data"] and e["metrics"] and e["trained_as"]
 
@@ -37,14 +37,28 @@ def test_store_contents_and_size():
 ])
 def test_ner_on_real_sentences(engine, lang, text, expected):
     res = asyncio.run(engine.ner([text], None))["results"][0]
-    assert res["language"] == lang and res["language_source"] == "detected" and res["stack"]["language"] == lang
+    assert res["language"] == lang and res["language_source"] == "detected"
     got = {(e["text"], e["label"]) for e in res["entities"]}
     assert expected <= got, res["entities"]
     for e in res["entities"]:
         assert text[e["start"]:e["end"]] == e["text"]
 
 
-def test_qa_answers_from_the_context(engine):
-    ctx = "Safaricom is a telecommunications company based in Nairobi, Kenya. It was founded in 1997."
-    res = asyncio.run(engine.qa("When was Safaricom founded?", ctx, "en", top_k=3))
-    assert res["answers"] and all(ctx[a["start"]:a["end"]] == a["text"] for a in res["answers"])
+@pytest.mark.parametrize("question, answer", [
+    ("When was Safaricom launched?", "1997"),
+    ("Where is Safaricom headquartered?", "Nairobi"),
+    ("Who acquired a stake in Safaricom in 2000?", "Vodafone"),
+    ("What is the name of its mobile money service?", "M-Pesa"),
+])
+def test_qa_answers_depend_on_the_question(engine, question, answer):
+    ctx = ("Safaricom is a Kenyan mobile network operator headquartered at Safaricom House in Nairobi. "
+           "It was launched in 1997 as a fully owned subsidiary of Telkom Kenya. In May 2000, Vodafone "
+           "acquired a 40% stake in the company. Its mobile money service, M-Pesa, was launched in 2007.")
+    res = asyncio.run(engine.qa(question, ctx, "en", top_k=3))
+    assert all(ctx[a["start"]:a["end"]] == a["text"] for a in res["answers"])
+    assert answer in res["answers"][0]["text"], res["answers"]
+
+
+def test_task_adapters_are_served_alone_as_trained(engine):
+    res = asyncio.run(engine.ner(["Rais William Ruto alikutana na viongozi mjini Nairobi."], "sw"))["results"][0]
+    assert res["stack"] == {"language": None, "task": "ner"} and res["fallback"] == "task_only:trained_alone"
