@@ -80,8 +80,39 @@ def _err(status: int, error: str, detail: Any = None, headers: dict | None = Non
 
 
 def _short(v: Any, n: int = 80) -> Any:
-    s = repr(v)
-    return v if len(s) <= n else s[:n] + "..."
+    """A JSON-safe, shortened echo of a client's value: strings, ints, bools and None as they are
+    when short; anything else (bytes, NaN, infinities, nested values) and long values as a cut repr;
+    lone surrogates escaped (they cannot be encoded)."""
+    if isinstance(v, str):
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
+        return v if len(v) <= n else v[:n] + "..."
+    if v is None or isinstance(v, bool | int) and len(str(v)) <= n:
+        return v
+    s = repr(v).encode("utf-8", "backslashreplace").decode("utf-8")
+    return s if len(s) <= n else s[:n] + "..."
+
+
+JSON_TYPES = (b"application/json",)
+
+
+class JsonOnly:
+    """Pure ASGI middleware: a POST to the API must send JSON. Any other or a missing content type
+    gets 415 before anything parses the body (FastAPI would otherwise validate raw bytes)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(("/v1/", "/admin/")):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+        if ctype in JSON_TYPES or (not ctype and not has_body and scope["path"].startswith("/admin/")):
+            return await self.app(scope, receive, send)
+        got = ctype.decode("latin-1") or "none"
+        return await _err(415, f"content type {_short(got)!r} is not supported; send the body as JSON with "
+                               f"'Content-Type: application/json'")(scope, receive, send)
 
 
 class BodyLimit:
@@ -251,8 +282,8 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
         if any(e.get("type") == "json_invalid" for e in errs):
             e = errs[0]
             return _err(400, f"malformed JSON: {e.get('ctx', {}).get('error', e.get('msg'))}")
-        detail = [{"field": ".".join(str(x) for x in e["loc"] if x != "body") or "body", "rule": e["msg"],
-                   "got": _short(e.get("input"))} for e in errs]
+        detail = [{"field": _short(".".join(str(x) for x in e["loc"] if x != "body") or "body"),
+                   "rule": _short(e["msg"], 300), "got": _short(e.get("input"))} for e in errs]
         first = detail[0]
         return _err(422, f"invalid request: {first['field']}: {first['rule']} (got {first['got']!r})", detail)
 
@@ -271,6 +302,7 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
         return _err(500, f"internal error (id {rid}); the server log has the details")
 
     key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(JsonOnly)
     app.add_middleware(ApiKey, key=key)
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)  # outermost: before auth and parsing
     return app

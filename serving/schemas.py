@@ -7,8 +7,30 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _surrogate(v: object) -> tuple[int, str] | None:
+    """(index, character) of the first lone surrogate in a string (or a list of strings), else None.
+    A lone surrogate is not Unicode text: it cannot be UTF-8 encoded, tokenised or echoed."""
+    for s in v if isinstance(v, list) else [v]:
+        if isinstance(s, str):
+            for i, ch in enumerate(s):
+                if 0xD800 <= ord(ch) <= 0xDFFF:
+                    return i, ch
+    return None
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, v in data.items():
+                hit = _surrogate(v)
+                if hit is not None:
+                    raise ValueError(f"'{name}' contains a lone surrogate U+{ord(hit[1]):04X} at index {hit[0]}; "
+                                     f"text must be valid Unicode (send well-formed UTF-8 / JSON escapes)")
+        return data
 
 
 class _Out(BaseModel):

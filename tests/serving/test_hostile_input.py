@@ -1,0 +1,60 @@
+"""Client input that used to give 500 (issue 13, findings 1-3): every one is a 4xx with a JSON body
+that quotes a shortened, JSON-safe echo of the bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_http_local import call
+
+NER = b'{"text": "Rais wa Kenya."}'
+
+
+@pytest.mark.parametrize("headers, body", [
+    ({}, NER),  # curl -d without a content type
+    ({"content-type": "text/plain"}, NER),
+    ({"content-type": "application/x-www-form-urlencoded"}, b"text=a"),
+    ({"content-type": "multipart/form-data; boundary=x"},
+     b'--x\r\nContent-Disposition: form-data; name="text"\r\n\r\na\r\n--x--\r\n'),
+    ({"content-type": "application/xml"}, b"<text>a</text>"),
+])
+def test_wrong_or_missing_content_type_is_415(engine, headers, body):
+    for path in ("/v1/ner", "/v1/qa"):
+        r = call(engine, "POST", path, content=body, headers=headers)
+        assert r.status_code == 415, (path, r.status_code, r.text)
+        assert "application/json" in r.json()["error"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/ner", b'{"text": NaN}'),
+    ("/v1/ner", b'{"texts": ["a", Infinity]}'),
+    ("/v1/qa", b'{"question": "q", "context": "c", "top_k": -Infinity}'),
+    ("/v1/qa", b'{"question": NaN, "context": "c"}'),
+])
+def test_nan_and_infinity_literals_are_422(engine, path, body):
+    r = call(engine, "POST", path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/ner", {"text": "Rais \ud800 Kenya"}),
+    ("/v1/ner", {"texts": ["ok", "\udfff"]}),
+    ("/v1/ner", {"text": "ok", "language": "s\ud800w"}),
+    ("/v1/qa", {"question": "wh\ud800o?", "context": "Nairobi."}),
+    ("/v1/qa", {"question": "who?", "context": "Nai\udbffrobi."}),
+    ("/v1/qa", {"question": "who?", "context": "Nairobi.", "language": "\ud800"}),
+    ("/v1/ner", {"text": "ok", "\ud800": 1}),  # an unknown field whose name is a lone surrogate
+])
+def test_lone_surrogates_are_422(engine, path, body):
+    import json
+
+    raw = json.dumps(body).encode()  # ASCII JSON with \\ud800 escapes, as a client would send it
+    r = call(engine, "POST", path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "surrogate" in r.json()["error"] or "\\ud800" in r.json()["error"]
+
+
+def test_a_long_bad_value_is_echoed_short(engine):
+    r = call(engine, "POST", "/v1/ner", json={"text": 12345, "language": "x" * 20000})
+    assert r.status_code == 422 and len(r.text) < 2000, len(r.text)
