@@ -78,18 +78,18 @@ def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits
         le = ls.copy()
         ls[norm] = log_softmax(as_array(sl)[norm])  # (T,) over context tokens (+ the null token)
         le[norm] = log_softmax(as_array(el)[norm])
-        ls[~ctx] = -np.inf  # the null token is never part of an answer
-        le[~ctx] = -np.inf
-        k = min(candidates, int(ctx.sum()))
+        # the null token, and tokens that carry no visible characters, never start or end an answer
+        visible = np.array([o is not None and o[1] > o[0] for o in offs])
+        ls[~visible] = -np.inf
+        le[~visible] = -np.inf
+        k = min(candidates, int(visible.sum()))
         s_top = np.argsort(-ls, kind="stable")[:k].tolist()  # best first, ties to the earlier token
         e_top = np.argsort(-le, kind="stable")[:k].tolist()
         for s in s_top:
             for e in e_top:
-                if e < s or e - s + 1 > max_answer_tokens or offs[s] is None or offs[e] is None:
+                if e < s or e - s + 1 > max_answer_tokens or not (visible[s] and visible[e]):
                     continue
                 span = (offs[s][0], offs[e][1])
-                if span[1] <= span[0]:  # tokens that carry no characters of the context
-                    continue
                 score = float(np.exp(ls[s] + le[e]))
                 if score > best.get(span, -1.0):
                     best[span] = score

@@ -16,6 +16,8 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .words import invisible
+
 IGNORE = -100
 
 
@@ -87,7 +89,9 @@ def ner_features(tokenizer, texts: Sequence[str], words: Sequence[Sequence[tuple
                 end -= 1
             if end == start:  # one word longer than a window: it cannot be represented faithfully
                 a, b = ws[wids[start]]
-                raise ValueError(f"sentence {si}: word {texts[si][a:b]!r} has more than {room} sub-words")
+                word = texts[si][a:b]
+                shown = repr(word) if len(word) <= 40 else f"{word[:40]!r}... ({len(word)} characters)"
+                raise ValueError(f"sentence {si}: word {shown} has more than {room} sub-words")
             w = [None, *owner[start:end], None]
             lab = [IGNORE] * len(w)
             if labels is not None:
@@ -147,8 +151,11 @@ def qa_windows(tokenizer, question: str, context: str, max_len: int = 384, strid
 
 
 def _trim(context: str, a: int, b: int) -> tuple[int, int]:
-    """A token's span without the whitespace its "▁" marker may cover, so answers never start
-    or end with a space."""
-    while a < b and context[a].isspace():
+    """A token's span without the spaces and invisible format characters (U+200B, U+200E, ...) at
+    its ends, so an answer never starts or ends with one, and a token of nothing else carries no
+    characters (it can never be an answer: no empty or invisible answers)."""
+    while a < b and invisible(context[a]):
         a += 1
+    while b > a and invisible(context[b - 1]):
+        b -= 1
     return a, b

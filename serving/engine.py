@@ -237,8 +237,9 @@ class Engine:
                                     f"{self.qa_stride}-token stride it must stay under "
                                     f"{self.qa_window - self.qa_stride - 20} tokens")
         wins = qa_windows(self.tok, question, context, self.qa_window, self.qa_stride)
-        if not any(o is not None for w in wins for o in w.offsets):
-            raise RequestError(422, "the context has no tokens")
+        if not any(o is not None and o[1] > o[0] for w in wins for o in w.offsets):
+            raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
+                                    "invisible format characters or characters the tokenizer drops)")
         logits = await self.batcher.submit([w.input_ids for w in wins], [route.stack] * len(wins))
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)

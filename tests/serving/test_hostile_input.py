@@ -58,3 +58,22 @@ def test_lone_surrogates_are_422(engine, path, body):
 def test_a_long_bad_value_is_echoed_short(engine):
     r = call(engine, "POST", "/v1/ner", json={"text": 12345, "language": "x" * 20000})
     assert r.status_code == 422 and len(r.text) < 2000, len(r.text)
+
+
+@pytest.mark.parametrize("context", [" \u200b ", "\u200b\u200b", "\u200e \u202c"])
+def test_qa_never_answers_with_invisible_or_empty_text(engine, context):
+    r = call(engine, "POST", "/v1/qa", json={"question": "Who?", "context": context, "language": "en"})
+    assert r.status_code == 422 and "no visible characters" in r.json()["error"], r.text
+
+
+def test_qa_answers_never_start_or_end_invisibly(engine):
+    ctx = "Nairobi\u200b is\u200e the\u202c capital\u200b."
+    r = call(engine, "POST", "/v1/qa", json={"question": "What?", "context": ctx, "language": "en", "top_k": 10})
+    assert r.status_code == 200 and r.json()["answers"]
+    for a in r.json()["answers"]:
+        assert a["text"] == ctx[a["start"]:a["end"]] and a["text"].strip("\u200b\u200e\u202c ") == a["text"]
+
+
+def test_an_over_long_word_is_not_echoed_whole(engine):
+    r = call(engine, "POST", "/v1/ner", json={"text": "x" * 20000, "language": "en"})
+    assert r.status_code == 422 and len(r.json()["error"]) < 300 and "(20000 characters)" in r.json()["error"]
