@@ -78,16 +78,14 @@ def best_spans(offsets: Sequence[Sequence[tuple[int, int] | None]], start_logits
         le = ls.copy()
         ls[norm] = log_softmax(as_array(sl)[norm])  # (T,) over context tokens (+ the null token)
         le[norm] = log_softmax(as_array(el)[norm])
-        # the null token, and tokens that carry no visible characters, never start or end an answer
-        visible = np.array([o is not None and o[1] > o[0] for o in offs])
-        ls[~visible] = -np.inf
-        le[~visible] = -np.inf
-        k = min(candidates, int(visible.sum()))
+        ls[~ctx] = -np.inf  # the null token never starts or ends an answer
+        le[~ctx] = -np.inf
+        k = min(candidates, int(ctx.sum()))
         s_top = np.argsort(-ls, kind="stable")[:k].tolist()  # best first, ties to the earlier token
         e_top = np.argsort(-le, kind="stable")[:k].tolist()
         for s in s_top:
             for e in e_top:
-                if e < s or e - s + 1 > max_answer_tokens or not (visible[s] and visible[e]):
+                if e < s or e - s + 1 > max_answer_tokens or not (ctx[s] and ctx[e]):
                     continue
                 span = (offs[s][0], offs[e][1])
                 score = float(np.exp(ls[s] + le[e]))

@@ -66,10 +66,6 @@ def ner_features(tokenizer, texts: Sequence[str], words: Sequence[Sequence[tuple
     encs = bt.encode_batch(pieces, is_pretokenized=True, add_special_tokens=False) if pieces else []
     for si, (enc, ws) in enumerate(zip(encs, words, strict=True)):
         ids, wids, toks = enc.ids, enc.word_ids, enc.tokens
-        if not any(t.strip("▁") for t in toks):  # nothing, or bare "▁" markers of characters the tokenizer drops
-            if skip_empty:
-                continue
-            raise ValueError(f"sentence {si} has no tokens")
         spans: list[tuple[int, int] | None] = []
         owner: list[int | None] = []  # the word whose label token k carries
         seen: set[int] = set()
@@ -81,6 +77,10 @@ def ner_features(tokenizer, texts: Sequence[str], words: Sequence[Sequence[tuple
             owner.append(w if carries and w not in seen else None)
             if carries:
                 seen.add(w)
+        if not seen:  # no tokens, or only bare "▁" markers of characters the tokenizer drops
+            if skip_empty:
+                continue
+            raise ValueError(f"sentence {si} has no tokens")
         # window boundaries at word starts, so a word's sub-words never straddle two windows
         start = 0
         while start < len(ids):
@@ -127,6 +127,7 @@ def project_tags(word_spans: Sequence[tuple[int, int]], word_tags: Sequence[str]
 class QaWindow:
     input_ids: list[int]
     offsets: list[tuple[int, int] | None]  # context char span of each token; None for question/specials
+    # and for tokens without a visible character
     start_position: int  # answer start token, 0 (<s>) when the answer is not inside this window
     end_position: int
 
@@ -150,12 +151,12 @@ def qa_windows(tokenizer, question: str, context: str, max_len: int = 384, strid
     return windows
 
 
-def _trim(context: str, a: int, b: int) -> tuple[int, int]:
+def _trim(context: str, a: int, b: int) -> tuple[int, int] | None:
     """A token's span without the spaces and invisible format characters (U+200B, U+200E, ...) at
-    its ends, so an answer never starts or ends with one, and a token of nothing else carries no
-    characters (it can never be an answer: no empty or invisible answers)."""
+    its ends, so an answer never starts or ends with one; None for a token of nothing else, which
+    carries no visible character and so is no context token (never a target, never an answer)."""
     while a < b and invisible(context[a]):
         a += 1
     while b > a and invisible(context[b - 1]):
         b -= 1
-    return a, b
+    return (a, b) if a < b else None

@@ -225,8 +225,8 @@ def cmd_task(args) -> int:
                 return evaluate_ner(model, tok, stack, dev_data, 256)["f1"]
     else:
         qa = []
-        skip = {q.id for p in args.exclude_squad for q in read_squad(p)}
-        skip_ctx = {q.context for p in args.exclude_squad for q in read_squad(p)}
+        excluded = [q for p in args.exclude_squad for q in read_squad(p)]
+        skip, skip_ctx = {q.id for q in excluded}, {q.context for q in excluded}
         for p in args.train:
             qa.extend(q for q in read_squad(p) if q.id not in skip and q.context not in skip_ctx)
         if args.max_examples:

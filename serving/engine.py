@@ -237,7 +237,7 @@ class Engine:
                                     f"{self.qa_stride}-token stride it must stay under "
                                     f"{self.qa_window - self.qa_stride - 20} tokens")
         wins = qa_windows(self.tok, question, context, self.qa_window, self.qa_stride)
-        if not any(o is not None and o[1] > o[0] for w in wins for o in w.offsets):
+        if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
         logits = await self.batcher.submit([w.input_ids for w in wins], [route.stack] * len(wins))
