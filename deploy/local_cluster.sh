@@ -6,7 +6,7 @@
 #   deploy/local_cluster.sh down    # stop everything
 # Environment: MADX_PORT (8000), RAY_GCS_PORT (6390), MADX_NODE_CPUS (2 per node), RAY, PYTHON.
 set -euo pipefail
-export RAY_AUTH_MODE=disabled
+export RAY_AUTH_MODE=token  # the head makes ~/.ray/auth_token; the worker and clients on this machine read it
 PORT=${MADX_PORT:-8000}
 GCS=${RAY_GCS_PORT:-6390}
 RAY=${RAY:-ray}

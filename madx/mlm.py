@@ -20,22 +20,40 @@ IGNORE = -100
 
 
 class MlmHead(nn.Module):
-    """BERT/XLM-R LM head: dense -> GELU -> LayerNorm -> tied decoder + bias.
+    """BERT/XLM-R LM head: [(Linear -> GELU) x (depth - 1)] -> dense -> GELU -> LayerNorm -> tied
+    decoder + bias. ``depth=1`` is exactly the BERT/XLM-R head.
 
     For backbones shipped without a head (the embedded e5-small) the transform and bias are trained
     once per backbone, then frozen and shared by all languages.
     """
 
-    def __init__(self, word_embeddings: nn.Embedding, eps: float = 1e-12) -> None:
+    def __init__(self, word_embeddings: nn.Embedding, eps: float = 1e-12, depth: int = 1,
+                 width: int | None = None) -> None:
         super().__init__()
         V, H = word_embeddings.weight.shape
-        self.dense = nn.Linear(H, H)
+        if depth < 1:
+            raise ValueError(f"MLM head depth must be >= 1, got {depth}")
+        width = width or H
+        self.hidden = nn.ModuleList(nn.Linear(H if i == 0 else width, width) for i in range(depth - 1))
+        self.dense = nn.Linear(width if depth > 1 else H, H)
         self.norm = nn.LayerNorm(H, eps=eps)
         self.decoder_weight = word_embeddings.weight  # (V, H), tied and frozen
         self.bias = nn.Parameter(torch.zeros(V))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, V)
-        return F.linear(self.norm(F.gelu(self.dense(h))), self.decoder_weight, self.bias)
+    @property
+    def shape(self) -> dict[str, int]:
+        return {"depth": len(self.hidden) + 1, "width": self.dense.in_features}
+
+    def transform(self, h: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, H)
+        for lin in self.hidden:
+            h = F.gelu(lin(h))
+        return self.norm(F.gelu(self.dense(h)))
+
+    def forward(self, h: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, H) -> (N, V) logits, or (N, len(vocab)) over the token ids ``vocab`` only."""
+        if vocab is None:
+            return F.linear(self.transform(h), self.decoder_weight, self.bias)
+        return F.linear(self.transform(h), self.decoder_weight[vocab], self.bias[vocab])
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vocab_size: int,
@@ -58,11 +76,15 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vo
 
 
 def mlm_loss(model: MadxModel, head: MlmHead, inputs: torch.Tensor, attention_mask: torch.Tensor,
-             labels: torch.Tensor, stacks: Sequence[AdapterStack]) -> torch.Tensor:
-    """Mean cross-entropy over masked positions only."""
+             labels: torch.Tensor, stacks: Sequence[AdapterStack], vocab: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over masked positions only: over the full vocabulary, or over the candidate
+    ids ``vocab`` plus this batch's labels (a cheaper training loss; report the full one)."""
     plan = model.plan(stacks)
     hidden = model.encode(inputs, attention_mask, plan)  # (B, T, H)
     hidden = model.invertible(hidden, plan, reverse=True)
     at = labels != IGNORE  # (B, T)
-    logits = head(hidden[at])  # (N, V), N = masked tokens
-    return F.cross_entropy(logits, labels[at])
+    y = labels[at]  # (N,)
+    if vocab is None:
+        return F.cross_entropy(head(hidden[at]), y)  # (N, V) logits
+    ids, pos = torch.unique(torch.cat([vocab, y]), return_inverse=True)
+    return F.cross_entropy(head(hidden[at], ids), pos[len(vocab):])  # (N, |ids|) logits

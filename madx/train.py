@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -269,9 +269,15 @@ def mlm_chunks(tokenizer, lines: Sequence[str], max_len: int, progress: bool = F
 
 
 def mlm_step_fn(model: MadxModel, head: MlmHead, tokenizer, chunks: list[list[int]], stack: AdapterStack,
-                cfg: TrainConfig) -> Callable[[int], tuple[torch.Tensor, int]]:
+                cfg: TrainConfig, candidates: int | None = None) -> Callable[[int], tuple[torch.Tensor, int]]:
+    """``candidates``: train over the most frequent ids of ``chunks`` plus each batch's labels
+    instead of the full vocabulary (the loss a dev evaluation reports stays full-vocabulary)."""
     specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     batches = Batches([len(c) for c in chunks], cfg.batch_size, cfg.seed)
+    vocab = None
+    if candidates:
+        counts = torch.bincount(torch.tensor([i for c in chunks for i in c]), minlength=len(tokenizer))
+        vocab = torch.argsort(counts, descending=True)[:min(candidates, int((counts > 0).sum()))]
 
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
         rows = [[tokenizer.cls_token_id, *chunks[i], tokenizer.sep_token_id] for i in batches(step)]
@@ -280,18 +286,58 @@ def mlm_step_fn(model: MadxModel, head: MlmHead, tokenizer, chunks: list[list[in
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         inputs, labels = mask_tokens(ids, torch.isin(ids, specials), tokenizer.mask_token_id,
                                      len(tokenizer), g)
-        return mlm_loss(model, head, inputs, mask, labels, [stack] * len(rows)), int(mask.sum())
+        return mlm_loss(model, head, inputs, mask, labels, [stack] * len(rows), vocab), int(mask.sum())
 
     return loss_at
+
+
+@dataclass(frozen=True)
+class MlmBatch:
+    inputs: torch.Tensor  # (B, T) masked ids
+    mask: torch.Tensor  # (B, T) attention mask
+    labels: torch.Tensor  # (B, T) original ids at masked positions, IGNORE elsewhere
+
+
+def fixed_mlm_batches(tokenizer, lines: Sequence[str], max_len: int = 128, batch_size: int = 32,
+                      seed: int = 0) -> list[MlmBatch]:
+    """Evaluation batches masked once with a fixed seed: every adapter is scored on the same targets."""
+    specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    chunks = sorted(mlm_chunks(tokenizer, lines, max_len), key=len)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(0, len(chunks), batch_size):
+        ids = pad([[tokenizer.cls_token_id, *c, tokenizer.sep_token_id] for c in chunks[b:b + batch_size]],
+                  tokenizer.pad_token_id)
+        inputs, labels = mask_tokens(ids, torch.isin(ids, specials), tokenizer.mask_token_id, len(tokenizer), g)
+        out.append(MlmBatch(inputs, (ids != tokenizer.pad_token_id).long(), labels))
+    return out
+
+
+@torch.no_grad()
+def mlm_eval(model: MadxModel, head: MlmHead, batches: Sequence[MlmBatch], stack: AdapterStack) -> dict[str, float]:
+    """Full-vocabulary masked-LM loss (nats) and top-1 accuracy (%) of ``stack`` on fixed batches."""
+    was = model.training
+    model.eval()
+    loss, hit, n = 0.0, 0, 0
+    for b in batches:
+        plan = model.plan([stack] * len(b.inputs))
+        hidden = model.invertible(model.encode(b.inputs, b.mask, plan), plan, reverse=True)
+        at = b.labels != IGNORE
+        logits = head(hidden[at])  # (N, V)
+        y = b.labels[at]
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        hit += int((logits.argmax(-1) == y).sum())
+        n += len(y)
+    model.train(was)
+    return {"loss": round(loss / max(n, 1), 4), "top1": round(100 * hit / max(n, 1), 2), "targets": n}
 
 
 def save_mlm_head(head: MlmHead, model: MadxModel, store: Path, meta: dict[str, Any]) -> Path:
     d = Path(store) / MLM_HEAD_DIR
     d.mkdir(parents=True, exist_ok=True)
-    save_file({"dense.weight": head.dense.weight.detach().contiguous(), "dense.bias": head.dense.bias.detach(),
-               "norm.weight": head.norm.weight.detach(), "norm.bias": head.norm.bias.detach(),
-               "bias": head.bias.detach()}, str(d / "mlm_head.safetensors"))
-    info = {"backbone": {"name": model.backbone_name, "hidden_size": model.hidden_size},
+    tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items() if k != "decoder_weight"}
+    save_file(tensors, str(d / "mlm_head.safetensors"))
+    info = {"backbone": {"name": model.backbone_name, "hidden_size": model.hidden_size}, "shape": head.shape,
             "sha256": hashlib.sha256((d / "mlm_head.safetensors").read_bytes()).hexdigest(), **meta}
     (d / "mlm_head.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return d
@@ -302,21 +348,22 @@ def load_mlm_head(model: MadxModel, store: Path) -> MlmHead:
     d = Path(store) / MLM_HEAD_DIR
     if not (d / "mlm_head.safetensors").exists():
         raise FileNotFoundError(f"{d}: no MLM head for this store; train it once with "
-                                f"`madx-train mlm-head --store {store} --text ...`")
+                                f"`madx-train mlm-head --store {store}`")
     info = json.loads((d / "mlm_head.json").read_text())
     if info["backbone"]["name"] != model.backbone_name:
         raise ValueError(f"{d}: MLM head was trained for backbone {info['backbone']['name']!r}, "
                          f"not {model.backbone_name!r}")
-    if hashlib.sha256((d / "mlm_head.safetensors").read_bytes()).hexdigest() != info["sha256"]:
+    raw = (d / "mlm_head.safetensors").read_bytes()  # hashed and parsed from the same bytes
+    if hashlib.sha256(raw).hexdigest() != info["sha256"]:
         raise ValueError(f"{d}/mlm_head.safetensors: sha256 does not match mlm_head.json")
-    head = MlmHead(model.backbone.embeddings.word_embeddings, eps=model.backbone.config.layer_norm_eps)
-    t = load_file(str(d / "mlm_head.safetensors"))
-    with torch.no_grad():
-        head.dense.weight.copy_(t["dense.weight"])
-        head.dense.bias.copy_(t["dense.bias"])
-        head.norm.weight.copy_(t["norm.weight"])
-        head.norm.bias.copy_(t["norm.bias"])
-        head.bias.copy_(t["bias"])
+    shape = info.get("shape", {"depth": 1})
+    head = MlmHead(model.backbone.embeddings.word_embeddings, eps=model.backbone.config.layer_norm_eps,
+                   depth=shape["depth"], width=shape.get("width"))
+    t = {k: v.float() for k, v in load(raw).items()}
+    missing, unexpected = head.load_state_dict(t, strict=False)
+    if unexpected or set(missing) != {"decoder_weight"}:
+        raise ValueError(f"{d}/mlm_head.safetensors does not fit a depth-{shape['depth']} head "
+                         f"(missing {missing}, unexpected {unexpected})")
     for p in head.parameters():
         p.requires_grad_(False)
     return head

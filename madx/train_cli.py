@@ -133,34 +133,76 @@ def cmd_mlm_head(args) -> int:
     return 0
 
 
+def _lang_lines(args) -> tuple[list[str], list[str], int, list]:
+    """(train lines, dev lines, lines dropped as evaluation text, provenance) for ``madx-train lang``."""
+    from .train import file_provenance
+
+    if args.corpus:
+        from . import corpus
+
+        split = corpus.load(args.language, args.data)
+        lines = list(split.train)
+        prov = file_provenance([(args.data or corpus.default_root()) / f for f in corpus.BY_CODE[args.language].text])
+        dropped = split.dropped_eval
+    else:
+        if not args.text:
+            raise SystemExit("lang needs --text files or --corpus (the languages of madx/corpus.py)")
+        excl = _exclusions(args.exclude_conll, args.exclude_squad)
+        lines, dropped = [], 0
+        for p in args.text:
+            kept = read_text(p, excl, min_chars=args.min_chars)
+            dropped += len(read_text(p, None, min_chars=args.min_chars)) - len(kept) if excl else 0
+            lines.extend(kept)
+        prov = file_provenance(args.text)
+    dev: list[str] = []
+    if args.dev_lines:  # a fixed dev cut of the training lines (the corpus held-out cut stays for reporting)
+        from .corpus import sample
+
+        dev = sample(lines, min(args.dev_lines, len(lines) // 10), seed=7)
+        chosen = set(dev)
+        lines = [x for x in lines if x not in chosen]
+    if args.max_lines:
+        lines = lines[:args.max_lines]
+    return lines, dev, dropped, prov
+
+
 def cmd_lang(args) -> int:
-    from .train import file_provenance, fit, load_mlm_head, mlm_chunks, mlm_step_fn
+    from .train import fit, fixed_mlm_batches, load_mlm_head, mlm_chunks, mlm_eval, mlm_step_fn
 
     model, tok = _setup(args)
     name = args.name or args.language
     head = load_mlm_head(model, args.store)
-    excl = _exclusions(args.exclude_conll, args.exclude_squad)
-    lines, dropped = [], 0
-    for p in args.text:
-        kept = read_text(p, excl, min_chars=args.min_chars)
-        dropped += len(read_text(p, None, min_chars=args.min_chars)) - len(kept) if excl else 0
-        lines.extend(kept)
-    if args.max_lines:
-        lines = lines[:args.max_lines]
+    lines, dev_lines, dropped, prov = _lang_lines(args)
     chunks = mlm_chunks(tok, lines, args.max_len, progress=not args.no_progress)
     print(f"{name}: {len(lines)} lines ({dropped} dropped as evaluation sentences), {len(chunks)} chunks, "
-          f"{sum(map(len, chunks))} tokens")
-    cfg_a = AdapterConfig.language(name, reduction_factor=args.reduction_factor, invertible=not args.no_invertible)
+          f"{sum(map(len, chunks))} tokens; {len(dev_lines)} dev lines")
+    cfg_a = AdapterConfig.language(name, reduction_factor=args.reduction_factor, invertible=not args.no_invertible,
+                                   leave_out=tuple(args.leave_out))
     mod = model.add_adapter(cfg_a)
     model.train()
     cfg = _cfg(args)
-    prov = file_provenance(args.text)
-    res = fit(dict(mod.named_parameters()), mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg), cfg,
+    evaluate, dev = None, None
+    if dev_lines:
+        dev = fixed_mlm_batches(tok, dev_lines, args.max_len, seed=11)
+        stack = AdapterStack(name)
+
+        def evaluate() -> float:  # higher is better for fit(): minus the full-vocabulary dev loss
+            return -mlm_eval(model, head, dev, stack)["loss"]
+    res = fit(dict(mod.named_parameters()),
+              mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg, candidates=args.candidates), cfg,
               _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov,
-                                        "max_lines": args.max_lines, "excluded": len(excl)},
-              f"lang {name}", not args.no_progress)
-    rc = _finish(args, model, name, res, prov, {"mlm_loss": res.summary()["last_loss"], "lines": len(lines),
-                                                "dropped_eval_lines": dropped, "language": args.language})
+                                        "max_lines": args.max_lines, "dev_lines": len(dev_lines),
+                                        "candidates": args.candidates},
+              f"lang {name}", not args.no_progress, evaluate=evaluate, eval_every=args.eval_every,
+              patience=args.patience)
+    extra = {"mlm_loss": res.summary()["last_loss"], "lines": len(lines), "dropped_eval_lines": dropped,
+             "language": args.language}
+    if dev is not None and res.done:
+        extra["dev_mlm"] = mlm_eval(model, head, dev, AdapterStack(name))
+        extra["dev_mlm_no_adapter"] = mlm_eval(model, head, dev, AdapterStack())
+        extra["dev_curve"] = res.summary().get("dev_curve")
+        extra["best_step"] = res.summary().get("best_step")
+    rc = _finish(args, model, name, res, prov, extra)
     if rc == 0:  # the served-language detector's profile comes from the same (test-free) text
         from .langid import build_profile, save_profile
 
@@ -388,7 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, 300, 16, 1e-4, 64)
     p.add_argument("--language", required=True)
     p.add_argument("--name", default=None, help="adapter name (default: the language code)")
-    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--text", nargs="+", default=[], type=Path)
+    p.add_argument("--corpus", action="store_true",
+                   help="read the language's training text from madx/corpus.py (evaluation text already removed)")
+    p.add_argument("--data", type=Path, default=None, help="shared data root for --corpus (default ../shared/data)")
+    p.add_argument("--dev-lines", type=int, default=0,
+                   help="hold out this many training lines as an MLM dev set (full-vocabulary loss)")
+    p.add_argument("--eval-every", type=int, default=0, help="score the MLM dev set every N steps")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many dev scorings without a new best")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="train the MLM softmax over the N most frequent ids of the text (+ each batch's labels)")
+    p.add_argument("--leave-out", type=int, nargs="*", default=[], help="layers without the bottleneck adapter")
     p.add_argument("--exclude-conll", nargs="*", default=[], type=Path, help="test sets whose sentences MLM must not see")
     p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="QA test sets whose contexts MLM must not see")
     p.add_argument("--min-chars", type=int, default=20)

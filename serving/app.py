@@ -11,11 +11,14 @@ import hmac
 import logging
 import time
 import uuid
+from importlib import resources
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Overloaded
@@ -26,7 +29,11 @@ from .settings import Settings
 
 log = logging.getLogger("madx.serving")
 ENDPOINTS = ["POST /v1/ner", "POST /v1/qa", "GET /v1/adapters", "GET /healthz", "GET /readyz", "GET /metrics",
-             "POST /admin/adapters/{name}/load", "DELETE /admin/adapters/{name}"]
+             "POST /admin/adapters/{name}/load", "DELETE /admin/adapters/{name}", "GET /demo", "GET /docs"]
+DOCS_STATIC = "/static/docs"  # Swagger UI files from the installed fastapi-offline package (no CDN)
+# Pages that hold no data and that a browser opens without headers: public even when an API key is set.
+# The demo page asks for the key and sends it with every API call it makes.
+PUBLIC = ("/demo", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
 class Backend(Protocol):
@@ -168,6 +175,8 @@ class ApiKey:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         admin = scope["path"].startswith("/admin")
+        if scope["path"] in PUBLIC or scope["path"].startswith(DOCS_STATIC + "/"):
+            return await self.app(scope, receive, send)
         if self.key is None:
             if admin:
                 return await _err(403, "admin endpoints are disabled: no API key is configured (set MADX_API_KEY)")(
@@ -181,10 +190,24 @@ class ApiKey:
 
 
 def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI:
-    app = FastAPI(title="madx-serve", version="0.1.0",
-                  description="MAD-X adapters over one frozen multilingual encoder: NER and extractive QA in many "
-                              "languages. Each request row gets its own (language, task) adapter stack; rows of "
-                              "different languages share one forward pass.")
+    # ReDoc is off: its page loads a logo from a CDN; Swagger UI at /docs needs nothing from outside
+    app = FastAPIOffline(title="madx-serve", version="0.1.0", static_url=DOCS_STATIC, redoc_url=None,
+                         description="MAD-X adapters over one frozen multilingual encoder: NER and extractive QA in many "
+                                     "languages. Each request row gets its own (language, task) adapter stack; rows of "
+                                     "different languages share one forward pass. A person can try it at /demo.")
+    demo_html = resources.files("serving").joinpath("static/demo.html").read_text(encoding="utf-8")
+
+    def openapi() -> dict:  # the X-API-Key header as a security scheme: Swagger's "Authorize" then sends it
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            if settings.api_key:
+                schema["security"] = [{"ApiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     retry = {"Retry-After": str(settings.retry_after_s)}
 
     def observe(endpoint: str, status: int, t0: float, body: dict | None = None, task: str = "-") -> None:
@@ -247,6 +270,11 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
     @app.get("/v1/adapters", response_model=AdaptersResponse)
     async def adapters():
         return await backend.describe()
+
+    @app.get("/demo", response_class=HTMLResponse, include_in_schema=False)
+    async def demo():
+        """A page for people: entities highlighted in the text, answers in the context, the route of each."""
+        return HTMLResponse(demo_html)
 
     @app.get("/healthz")
     async def healthz():

@@ -2,11 +2,16 @@
 
     from serving.client import MadxClient
     c = MadxClient("http://127.0.0.1:8000")            # api_key="..." when the server has one
-    c.ner("Angela Merkel visited Nairobi.")             # -> list of entities
-    c.qa("Where is Nairobi?", "Nairobi is the capital of Kenya.", top_k=2)
+    r = c.ner("Angela Merkel visited Nairobi.")
+    r["entities"]                                       # [{'text': 'Angela Merkel', 'label': 'PER', ...}, ...]
+    r["language"], r["stack"], r["fallback"]            # how the server routed it, and why
+    a = c.qa("Where is Nairobi?", "Nairobi is the capital of Kenya.", top_k=2)
+    a["answers"][0]["text"], a["stack"]
 
-Errors raise ``MadxError`` with the server's status and message; 503 is retried after the
-server's Retry-After, up to ``retries`` times.
+Every result carries the routing fields of the API (``language``, ``language_source``,
+``detection_confidence``, ``stack``, ``fallback``). ``ner_batch`` answers several texts in one
+request; ``ner_full`` returns the raw response body. Errors raise ``MadxError`` with the server's
+status and message; 503 is retried after the server's Retry-After, up to ``retries`` times.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from typing import Any
 
 import httpx
+
+ROUTING = ("language", "language_source", "detection_confidence", "stack", "fallback")
 
 
 class MadxError(RuntimeError):
@@ -25,14 +32,25 @@ class MadxError(RuntimeError):
 
 class MadxClient:
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 3) -> None:
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+                 retries: int = 3, http: httpx.Client | None = None) -> None:
+        """``http``: an httpx.Client to send through (tests pass Starlette's TestClient)."""
+        self.http = http or httpx.Client(base_url=url, timeout=timeout)
+        if api_key:
+            self.http.headers["X-API-Key"] = api_key
         self.retries = retries
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def __enter__(self) -> MadxClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         for attempt in range(self.retries + 1):
-            r = self.http.post(path, json=body)
+            r = self.http.request(method, path, json=body)
             if r.status_code == 503 and attempt < self.retries:
                 time.sleep(float(r.headers.get("Retry-After", "1")))
                 continue
@@ -45,17 +63,26 @@ class MadxClient:
             return r.json()
         raise AssertionError("unreachable")
 
+    def ner(self, text: str, language: str | None = None, return_tokens: bool = False) -> dict[str, Any]:
+        """One text -> {'entities': [...], 'language', 'language_source', 'detection_confidence', 'stack',
+        'fallback', 'windows'} (+ 'tokens' with ``return_tokens``)."""
+        return self.ner_batch([text], language, return_tokens)[0]
+
+    def ner_batch(self, texts: list[str], language: str | None = None,
+                  return_tokens: bool = False) -> list[dict[str, Any]]:
+        """Several texts in one request; one result per text, in order, each with its own routing."""
+        return self.ner_full(texts, language, return_tokens)["results"]
+
     def ner_full(self, texts: list[str], language: str | None = None, return_tokens: bool = False) -> dict[str, Any]:
-        return self._post("/v1/ner", {"texts": texts, "language": language, "return_tokens": return_tokens})
+        """The raw response body: {'results': [...], 'backbone': ...}."""
+        return self._send("POST", "/v1/ner", {"texts": texts, "language": language, "return_tokens": return_tokens})
 
-    def ner(self, text: str, language: str | None = None) -> list[dict[str, Any]]:
-        return self.ner_full([text], language)["results"][0]["entities"]
-
-    def qa(self, question: str, context: str, language: str | None = None, top_k: int = 1) -> list[dict[str, Any]]:
-        return self._post("/v1/qa", {"question": question, "context": context, "language": language,
-                                     "top_k": top_k})["answers"]
+    def qa(self, question: str, context: str, language: str | None = None, top_k: int = 1,
+           max_answer_tokens: int = 30) -> dict[str, Any]:
+        """-> {'answers': [{'text', 'start', 'end', 'score'}, ...], 'language', 'language_source',
+        'detection_confidence', 'stack', 'fallback', 'windows', 'backbone'}."""
+        return self._send("POST", "/v1/qa", {"question": question, "context": context, "language": language,
+                                             "top_k": top_k, "max_answer_tokens": max_answer_tokens})
 
     def adapters(self) -> dict[str, Any]:
-        r = self.http.get("/v1/adapters")
-        r.raise_for_status()
-        return r.json()
+        return self._send("GET", "/v1/adapters")

@@ -18,6 +18,7 @@ from madx.config import AdapterStack
 from madx.decode import best_spans, softmax, word_predictions
 from madx.features import ner_features, qa_windows
 from madx.langid import Detector, load_profiles
+from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
 from madx.train import pad
 
@@ -150,7 +151,7 @@ class Engine:
             else:
                 language, source = lang, "detected"
         else:
-            language = language.lower().replace("_", "-")
+            language = self._language_code(language)
         if self.cache.entries[name].trained_alone and (language in served or self.s.fallback.mode != "strict"):
             # no language adapter under a task adapter that was trained without one
             return Route(AdapterStack(None, name), language, source, conf, "task_only:trained_alone")
@@ -167,6 +168,17 @@ class Engine:
                     "the language could not be detected (give 'language')")
             raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
         return Route(AdapterStack(None, name), language, source, conf, "task_only")
+
+    def _language_code(self, tag: str) -> str:
+        """A served adapter's own name as given (e.g. 'pt-br'), else the canonical code: ISO 639-1/2/3,
+        BCP-47 and macrolanguages folded (swa, swh, sw-KE -> sw; quy, quz -> qu), madx.language_codes."""
+        raw = tag.lower().replace("_", "-")
+        if raw in self.cache.served("language"):
+            return raw
+        try:
+            return canonical(raw)
+        except LanguageCodeError as e:
+            raise RequestError(422, str(e)) from None
 
     # ------------------------------------------------------------------ model thread
     def _run(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[np.ndarray]:

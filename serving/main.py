@@ -10,10 +10,13 @@ Settings are validated before anything starts; an error names the field and the 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 
 
@@ -25,6 +28,61 @@ def _parse(argv):
     ap.add_argument("--no-ray", action="store_true", help="single process, no Ray")
     ap.add_argument("--check", action="store_true", help="validate settings and the adapter store, then exit")
     return ap.parse_args(argv)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be served, in one line; None when it can be bound now."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"host {host!r} does not resolve ({e.strerror})"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Ray's proxy bind
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another madx-serve or Ray Serve?); "
+                        f"stop it or choose another port with --port or MADX_PORT")
+            if e.errno == errno.EACCES:
+                return f"no permission to listen on port {port} on {host} (ports below 1024 need privileges)"
+            return f"cannot listen on {host}:{port}: {e.strerror}"
+    return None
+
+
+def _step(i: int, n: int, what: str) -> float:
+    print(f"[{i}/{n}] {what}...", flush=True)
+    return time.monotonic()
+
+
+def check(settings) -> int:
+    """``--check``: settings, store, backbone and one request per task, with progress."""
+    import asyncio
+
+    from madx.artifacts import ArtifactError
+
+    from .engine import Engine
+
+    print(f"[1/3] settings ok: store {settings.adapter_store}, backbone {settings.backbone}", flush=True)
+    t0 = _step(2, 3, "loading the backbone and verifying every adapter (sha256, kind, task)")
+    try:
+        engine = Engine(settings)
+    except (ArtifactError, OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    d = engine.describe()
+    print(f"      backbone {d['backbone']}, languages {d['languages']}, tasks {d['tasks']}, "
+          f"refused {d['fallback']['refused_adapters'] or 'none'} ({time.monotonic() - t0:.1f}s)", flush=True)
+    t0 = _step(3, 3, "one request per task")
+    if "ner" in d["tasks"]:
+        r = asyncio.run(engine.ner(["Angela Merkel visited Nairobi."], None))["results"][0]
+        print(f"      ner: {[(e['text'], e['label']) for e in r['entities']]} via {r['stack']}", flush=True)
+    if "qa" in d["tasks"]:
+        a = asyncio.run(engine.qa("Where is Safaricom based?", "Safaricom is a Kenyan company based in Nairobi.", None))
+        print(f"      qa: {a['answers'][0]['text'] if a['answers'] else None!r} via {a['stack']}", flush=True)
+    print(f"ok ({time.monotonic() - t0:.1f}s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,32 +98,50 @@ def main(argv: list[str] | None = None) -> int:
     from madx.artifacts import ArtifactError
 
     url = f"http://{settings.host}:{settings.port}"
-    if args.check or args.no_ray:
+    if args.check:
+        return check(settings)
+    problem = port_problem(settings.host, settings.port)  # before minutes of loading, not after
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.no_ray:
         from .engine import Engine
 
         try:
             engine = Engine(settings)
-        except (ArtifactError, OSError, RuntimeError) as e:
+        except (ArtifactError, OSError, RuntimeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if args.check:
-            d = engine.describe()
-            print(f"ok: backbone {d['backbone']}, languages {d['languages']}, tasks {d['tasks']}, "
-                  f"refused {d['fallback']['refused_adapters'] or 'none'}")
-            return 0
-        import uvicorn
-
-        from .app import LocalBackend, build_app
-
-        print(f"madx-serve (single process) on {url}  docs: {url}/docs", flush=True)
-        uvicorn.run(build_app(LocalBackend(engine), settings, engine.m), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
-        return 0
+        return _serve_local(engine, settings, url)
     return _serve_ray(settings, url)
 
 
+def _serve_local(engine, settings, url: str) -> int:
+    import uvicorn
+
+    from .app import LocalBackend, build_app
+
+    server = uvicorn.Server(uvicorn.Config(build_app(LocalBackend(engine), settings, engine.m), host=settings.host,
+                                          port=settings.port, log_level="critical", access_log=False))
+
+    def announce() -> None:  # the address is printed once uvicorn listens on it, never before
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(f"madx-serve (single process) on {url}  demo: {url}/demo  docs: {url}/docs  (Ctrl-C stops)",
+                  flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+    if not server.started:  # lost a race for the port after the check, or another bind error
+        print(f"error: {port_problem(settings.host, settings.port) or 'the HTTP server did not start'}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _serve_ray(settings, url: str) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # token authentication on Ray's control plane: a local start makes its own token (~/.ray/auth_token)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
 
@@ -81,12 +157,33 @@ def _serve_ray(settings, url: str) -> int:
     except (ArtifactError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
     t0 = time.monotonic()
-    serve.run(build(settings), name="madx", route_prefix="/", blocking=False)
-    print(f"madx-serve ready in {time.monotonic() - t0:.0f}s on {url}  docs: {url}/docs  (Ctrl-C stops)", flush=True)
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: Ray could not start ({type(e).__name__}: {first[:300]}); try --no-ray for one process",
+              file=sys.stderr)
+        return 2
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        # serve.run reconnects to the controller serve.start just made; its "Connecting to existing Serve
+        # app ... New http_options will not be applied" line is about that, not a problem: not shown
+        serve_log = logging.getLogger("ray.serve")
+        level = serve_log.level
+        serve_log.setLevel(logging.WARNING)
+        try:
+            serve.run(build(settings), name="madx", route_prefix="/", blocking=False)
+        finally:
+            serve_log.setLevel(level)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: Ray Serve could not start the app ({type(e).__name__}: {first[:300]})", file=sys.stderr)
+        ray.shutdown()
+        return 2
+    print(f"madx-serve ready in {time.monotonic() - t0:.0f}s on {url}  demo: {url}/demo  docs: {url}/docs  "
+          f"(Ctrl-C stops)", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:

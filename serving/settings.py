@@ -79,11 +79,9 @@ class Autoscaling(_Strict):
 
 # Language codes and close relatives seen in requests -> a served adapter (ISO 639-1/-3 aliases,
 # macro-languages, close varieties). Used only when the requested language has no adapter.
-DEFAULT_RELATED = {
-    "swa": "sw", "swh": "sw", "kin": "rw", "run": "rw", "yor": "yo", "que": "qu", "quy": "qu", "quz": "qu",
-    "mya": "my", "isl": "is", "fo": "is", "ara": "ar", "arz": "ar", "apc": "ar", "zho": "zh", "cmn": "zh",
-    "yue": "zh", "eng": "en", "sco": "en",
-}
+# Related languages (codes are canonical first: swa/swh -> sw, quy/quz -> qu, arz -> ar come from
+# madx.language_codes, not from this map).
+DEFAULT_RELATED = {"run": "rw", "fo": "is", "sco": "en"}
 
 
 class Settings(_Strict):

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # token auth, as madx-serve runs; the local start makes the token
 
 
 def replica_series(served, metric: str = "madx_replica_info") -> list[dict[str, str]]:

@@ -24,28 +24,39 @@ def run(coro):
 @pytest.mark.parametrize("language, fallback_mode, want", [
     ("sw", "related", ("sw", "request", None)),
     ("SW", "related", ("sw", "request", None)),
-    ("swa", "related", ("sw", "request", "related:sw")),  # ISO 639-3 alias
-    ("sw-KE", "related", ("sw", "request", "related:sw")),  # region subtag -> base language
-    ("sw_TZ", "strict", ("sw", "request", None)),  # normalised to sw-tz -> not served as such...
+    # codes are canonicalised by langcodes + iso639-lang before routing: aliases are the language itself
+    ("swa", "related", ("sw", "request", None)),  # ISO 639-2/3
+    ("swh", "strict", ("sw", "request", None)),  # individual language of the sw macrolanguage
+    ("sw-KE", "related", ("sw", "request", None)),  # BCP-47 region subtag
+    ("sw_TZ", "strict", ("sw", "request", None)),
+    ("ger", "related", ("de", "request", None)),  # ISO 639-2/B
+    ("run", "related", (None, "request", "task_only")),  # Kirundi: a relative of rw, which this store lacks
     ("fr", "related", (None, "request", "task_only")),
     ("fr", "task_only", (None, "request", "task_only")),
-    ("swa", "task_only", ("sw", "request", "related:sw")),
+    ("fr", "strict", 422),
+    ("swa", "task_only", ("sw", "request", None)),
 ])
 def test_routing_and_fallback(make_engine, engine, language, fallback_mode, want):
     eng = engine if fallback_mode == "related" else make_engine(fallback={"mode": fallback_mode})
-    if fallback_mode == "strict" and language == "sw_TZ":
+    if want == 422:
         with pytest.raises(RequestError) as e:
             eng.route("ner", language, "x")
-        assert e.value.status == 422 and "'sw-tz' has no adapter" in e.value.message and "['de', 'en', 'sw']" in e.value.message
+        assert e.value.status == 422 and "'fr' has no adapter" in e.value.message and "['de', 'en', 'sw']" in e.value.message
         return
     r = eng.route("ner", language, "x")
     assert (r.stack.language, r.source, r.fallback) == want
     assert r.stack.task == "ner"
 
 
+def test_related_map_applies_to_canonical_codes(make_engine):
+    eng = make_engine(fallback={"mode": "related", "related": {"rn": "sw"}})
+    r = eng.route("ner", "run", "x")  # ISO 639-3 'run' is canonical 'rn'
+    assert (r.language, r.stack.language, r.fallback) == ("rn", "sw", "related:sw")
+
+
 @pytest.mark.parametrize("language, fallback_mode, want", [
     ("sw", "related", (None, "sw", "task_only:trained_alone")),
-    ("swa", "related", (None, "swa", "task_only:trained_alone")),
+    ("swa", "related", (None, "sw", "task_only:trained_alone")),
     ("fr", "related", (None, "fr", "task_only:trained_alone")),
     ("sw", "strict", (None, "sw", "task_only:trained_alone")),
     ("fr", "strict", 422),  # strict still refuses a language without an adapter
@@ -193,7 +204,7 @@ def test_bad_store_is_a_clear_startup_error(make_engine, tmp_path, setup, messag
 def test_admin_unload_load_and_pickle_refusal(make_engine, tmp_path):
     eng = make_engine()
     run(eng.admin_unload("de"))
-    assert "de" not in eng.languages() and "de" not in eng.detector.languages
+    assert "de" not in eng.languages() and "de" not in eng.detector.profiles.profiles  # CLD2 still names de
     assert run(eng.ner(["Hallo"], "de", False))["results"][0]["fallback"] == "task_only"
     assert run(eng.admin_load("de", None))["loaded"] == "de"
     assert run(eng.ner(["Hallo"], "de", False))["results"][0]["stack"]["language"] == "de"

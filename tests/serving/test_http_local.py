@@ -101,7 +101,7 @@ def test_body_limit_also_applies_without_content_length(engine):
 
 @pytest.mark.parametrize("path, method", [("/v1/ner", "POST"), ("/v1/qa", "POST"), ("/v1/adapters", "GET"),
                                           ("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET"),
-                                          ("/docs", "GET"), ("/admin/adapters/de/load", "POST")])
+                                          ("/admin/adapters/de/load", "POST")])
 def test_api_key_is_enforced_on_every_endpoint(engine, path, method):
     from pydantic import SecretStr
 
@@ -112,6 +112,19 @@ def test_api_key_is_enforced_on_every_endpoint(engine, path, method):
     body = {"/v1/ner": {"json": {"text": "Nairobi"}}, "/v1/qa": {"json": {"question": "a", "context": "b"}}}.get(path, {})
     r = call(engine, method, path, over=over, headers={"X-API-Key": KEY}, **body)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path, needle", [
+    ("/demo", "<title>madx-serve demo</title>"), ("/docs", "swagger-ui"), ("/openapi.json", '"X-API-Key"'),
+    ("/static/docs/swagger-ui-bundle.js", "SwaggerUIBundle"),
+])
+def test_pages_without_data_are_public_and_offline(engine, path, needle):
+    """A browser opens these without headers; the demo asks for the key and sends it on every API call."""
+    from pydantic import SecretStr
+
+    r = call(engine, "GET", path, over={"api_key": SecretStr(KEY)})
+    assert r.status_code == 200 and needle in r.text
+    assert "cdn.jsdelivr.net" not in r.text and "unpkg.com" not in r.text  # nothing from a CDN
 
 
 def test_admin_needs_a_configured_key_always(engine):
