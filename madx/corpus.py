@@ -171,3 +171,23 @@ def sample(lines: Iterable[str], n: int, seed: int = 0) -> list[str]:
     if len(lines) <= n:
         return lines
     return random.Random(seed).sample(lines, n)
+
+
+# Closest related language among this table's (same branch of the family, or shared contact language);
+# the routing evidence tries its adapter ("related:<code>") and an ensemble with it.
+RELATED = {
+    "sw": "rw", "rw": "lg", "lg": "rw", "sn": "zu", "zu": "xh", "xh": "zu", "ny": "sn", "tn": "zu",
+    "yo": "ig", "ig": "yo", "ha": "yo", "pcm": "en", "luo": "sw", "wo": "bm", "bm": "wo", "tw": "ee",
+    "ee": "fon", "fon": "ee", "mos": "bm", "bbj": "yo", "am": "ar", "qu": "gn", "gn": "qu", "my": "zh",
+    "zh": "ja", "ja": "zh", "is": "en", "jv": "ilo", "ilo": "jv", "mi": "ilo", "ar": "am", "tk": "mhr", "mhr": "tk",
+    "en": "is",
+}
+NER_DEV = {c: f"{W}/dev-{c}.tsv" for c in ("en", "sw", "yo", "rw", "qu", "my", "zh", "ja", "is", "jv", "ar")}
+NER_DEV.update({c: f"{M2}/{iso3}/dev.txt" for c, iso3 in (
+    ("ha", "hau"), ("ig", "ibo"), ("lg", "lug"), ("luo", "luo"), ("pcm", "pcm"), ("wo", "wol"), ("tn", "tsn"),
+    ("sn", "sna"), ("zu", "zul"), ("xh", "xho"), ("ny", "nya"), ("tw", "twi"), ("bm", "bam"), ("ee", "ewe"),
+    ("fon", "fon"), ("mos", "mos"), ("bbj", "bbj"))})
+NER_DEV["am"] = f"{M1}/amh/dev.txt"
+# QA dev data with answers: TyDiQA-GoldP *dev* here has its answers stripped, and the shipped QA
+# adapter never trained on TyDiQA sw *train*, so that is Swahili's QA dev set.
+QA_DEV = {"sw": "qa/tydiqa_goldp_xtreme/train/tydiqa.goldp.sw.train.json"}

@@ -463,10 +463,24 @@ def qa_step_fn(model: MadxModel, tokenizer, windows, stack: AdapterStack, cfg: T
 
 # ---------------------------------------------------------------------- inference
 @torch.no_grad()
-def logits_for(model: MadxModel, seqs: Sequence[Sequence[int]], stacks: Sequence[AdapterStack], pad_id: int,
+def logits_for(model: MadxModel, seqs: Sequence[Sequence[int]],
+               stacks: Sequence[AdapterStack | tuple[AdapterStack, ...]], pad_id: int,
                batch_tokens: int = 8192, progress: bool = False, desc: str = "eval") -> list[torch.Tensor]:
     """Head logits (T_i, n_out) for each sequence; batches are formed from length-sorted rows
-    (each row keeps its own stack) under a padded-token budget."""
+    (each row keeps its own stack) under a padded-token budget. A tuple of stacks for a sequence is
+    an ensemble: the sequence runs once per stack (rows of the same batches) and the logits are averaged."""
+    if any(isinstance(st, tuple) for st in stacks):
+        flat_seqs, flat_stacks, owner = [], [], []
+        for i, (q, st) in enumerate(zip(seqs, stacks, strict=True)):
+            for one in (st if isinstance(st, tuple) else (st,)):
+                flat_seqs.append(q)
+                flat_stacks.append(one)
+                owner.append(i)
+        flat = logits_for(model, flat_seqs, flat_stacks, pad_id, batch_tokens, progress, desc)
+        groups: list[list[torch.Tensor]] = [[] for _ in seqs]
+        for i, lg in zip(owner, flat, strict=True):
+            groups[i].append(lg)
+        return [torch.stack(g).mean(0) for g in groups]
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out: list[torch.Tensor | None] = [None] * len(seqs)
@@ -489,7 +503,8 @@ def logits_for(model: MadxModel, seqs: Sequence[Sequence[int]], stacks: Sequence
     return out  # type: ignore[return-value]
 
 
-def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile, max_len: int = 256,
+def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack | tuple[AdapterStack, ...], data: NerFile,
+                 max_len: int = 256,
                  drop_types: Sequence[str] = (), progress: bool = False, desc: str = "eval ner",
                  words: str = "gold") -> dict[str, Any]:
     """Entity-level F1 of the task adapter's predictions on ``data`` under ``stack``. Gold types in
@@ -500,12 +515,13 @@ def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile
     and the word tags are projected onto the gold tokens (``project_tags``)."""
     if words not in ("gold", "segmented"):
         raise ValueError(f"words {words!r} must be 'gold' or 'segmented'")
-    labels = model.configs[stack.task].head.labels
+    task = (stack[0] if isinstance(stack, tuple) else stack).task  # a tuple: an ensemble of stacks
+    labels = model.configs[task].head.labels
     types = {lab[2:] for lab in labels if lab != "O"}
     gold = [[("O" if t != "O" and t[2:] in drop_types else t) for t in s.tags] for s in data.sentences]
     unknown = sorted({t[2:] for g in gold for t in g if t != "O"} - types)
     if unknown:
-        raise ValueError(f"gold entity types {unknown} cannot be predicted by {stack.task!r} "
+        raise ValueError(f"gold entity types {unknown} cannot be predicted by {task!r} "
                          f"(labels {list(labels)}); pass them as drop_types to score them as O")
     joined = [join_words(s.tokens) for s in data.sentences]
     texts = [t for t, _ in joined]
@@ -524,7 +540,8 @@ def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack, data: NerFile
             "sentences": len(gold), "gold_entities": res["gold_entities"], "words": words}
 
 
-def qa_predictions(model: MadxModel, tokenizer, stack: AdapterStack, pairs: Sequence[tuple[str, str]],
+def qa_predictions(model: MadxModel, tokenizer, stack: AdapterStack | tuple[AdapterStack, ...],
+                   pairs: Sequence[tuple[str, str]],
                    max_len: int = 384, stride: int = 128, progress: bool = False, desc: str = "eval qa") -> list[str]:
     """The best answer string for each (question, context), over all windows of the context."""
     wins, owner = [], []

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from madx.artifacts import ArtifactError
+from madx.artifacts import ArtifactError, read_manifest
 from madx.backbone import load_backbone
 from madx.config import AdapterStack
 from madx.decode import best_spans, softmax, word_predictions
@@ -26,6 +26,7 @@ from . import compute
 from .batcher import Batcher
 from .cache import AdapterCache
 from .metrics import Metrics
+from .routing import RouteError, choose
 from .settings import Limits, Settings
 from .text import entities_from_words, split_words
 
@@ -41,15 +42,24 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    stack: AdapterStack
+    stack: AdapterStack  # the first (for an ensemble) or only stack
     language: str | None
     source: str  # request | detected | undetermined
     confidence: float | None
     fallback: str | None
+    name: str = "madx"  # task_only | madx | english | related:<code> | ensemble:<a>+<b>
+    reason: str = ""
+    stacks: tuple[AdapterStack, ...] = ()  # every stack a row runs (outputs averaged); () = (stack,)
+
+    @property
+    def all_stacks(self) -> tuple[AdapterStack, ...]:
+        return self.stacks or (self.stack,)
 
     def out(self) -> dict[str, Any]:
+        st = lambda s: {"language": s.language, "task": s.task}  # noqa: E731
         return {"language": self.language, "language_source": self.source, "detection_confidence": self.confidence,
-                "stack": {"language": self.stack.language, "task": self.stack.task}, "fallback": self.fallback}
+                "stack": st(self.stack), "fallback": self.fallback, "route": self.name, "route_reason": self.reason,
+                "stacks": [st(s) for s in self.all_stacks] if len(self.all_stacks) > 1 else None}
 
 
 def check_ner_limits(lim: Limits, texts: list[str]) -> None:
@@ -93,6 +103,7 @@ class Engine:
             if want != t:
                 raise ArtifactError(f"tasks.{t} = {name!r} is a {want!r} adapter, not {t!r}")
         self._refresh_detector()
+        self.routing = read_manifest(settings.adapter_store).get("routing") or {}  # measured route scores
         b = settings.batching
         # windows never exceed the backbone's positions (smaller windows, never truncated input)
         self.ner_window = min(b.ner_window, self.model.max_positions)
@@ -131,6 +142,8 @@ class Engine:
             "fallback": {"mode": self.s.fallback.mode, "related": self.s.fallback.related,
                          "refused_adapters": self.cache.refused},
             "detector_languages": self.detector.languages,
+            "routing": {"evidence": self.routing.get("evidence") or {}, "default": self.routing.get("default") or {},
+                        "overrides": dict(self.s.routing.overrides), "source_language": self.s.routing.source_language},
             "windows": {"ner": self.ner_window, "qa": self.qa_window, "qa_stride": self.qa_stride},
             "device": str(self.device),
             "threads": self.threads,
@@ -152,22 +165,36 @@ class Engine:
                 language, source = lang, "detected"
         else:
             language = self._language_code(language)
-        if self.cache.entries[name].trained_alone and (language in served or self.s.fallback.mode != "strict"):
-            # no language adapter under a task adapter that was trained without one
-            return Route(AdapterStack(None, name), language, source, conf, "task_only:trained_alone")
-        if language in served:
-            return Route(AdapterStack(language, name), language, source, conf, None)
         mode = self.s.fallback.mode
+        if mode == "strict" and language not in served:
+            what = (f"language {language!r} has no adapter" if language else
+                    "the language could not be detected (give 'language')")
+            raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
+        try:
+            choice = choose(task, language, served, self.routing, self.s.routing.source_language,
+                            self.s.routing.overrides)
+        except RouteError as e:
+            raise RequestError(422, f"routing.overrides: {e}") from None
+        if choice is not None:
+            stacks = tuple(AdapterStack(st.language, name) for st in choice.stacks)
+            fallback = None if choice.route == "madx" else choice.route
+            return Route(stacks[0], language, source, conf, fallback, choice.route, choice.reason, stacks)
+        # a store without routing evidence: the rules that came before it
+        if self.cache.entries[name].trained_alone:
+            # no language adapter under a task adapter that was trained without one
+            return Route(AdapterStack(None, name), language, source, conf, "task_only:trained_alone", "task_only",
+                         "the task adapter was trained without a language adapter")
+        if language in served:
+            return Route(AdapterStack(language, name), language, source, conf, None, "madx",
+                         "the language's own adapter")
         base = language.split("-")[0] if language else None
         if mode != "strict" and language is not None:
             for cand in (base, self.s.fallback.related.get(language), self.s.fallback.related.get(base or "")):
                 if cand in served:
-                    return Route(AdapterStack(cand, name), language, source, conf, f"related:{cand}")
-        if mode == "strict":
-            what = (f"language {language!r} has no adapter" if language else
-                    "the language could not be detected (give 'language')")
-            raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
-        return Route(AdapterStack(None, name), language, source, conf, "task_only")
+                    return Route(AdapterStack(cand, name), language, source, conf, f"related:{cand}", f"related:{cand}",
+                                 f"no adapter for {language!r}; {cand!r} is related (fallback.related)")
+        why = f"no adapter for {language!r}" if language else "the language was not determined"
+        return Route(AdapterStack(None, name), language, source, conf, "task_only", "task_only", why)
 
     def _language_code(self, tag: str) -> str:
         """A served adapter's own name as given (e.g. 'pt-br'), else the canonical code: ISO 639-1/2/3,
@@ -191,6 +218,23 @@ class Engine:
         # numpy out: decoding on the event loop must not run torch ops (serving/compute.py)
         return [lg[:n].float().cpu().numpy() for lg, n in zip(logits, lens.tolist(), strict=True)]
 
+    async def _forward(self, seqs: list[list[int]], routes: list[Route]) -> list[np.ndarray]:
+        """Logits per sequence under its route. An ensemble route runs the sequence once per stack, all
+        in the same batches as everything else, and averages the logits."""
+        flat_ids, flat_stacks, owner = [], [], []
+        for i, (ids, r) in enumerate(zip(seqs, routes, strict=True)):
+            for st in r.all_stacks:
+                flat_ids.append(ids)
+                flat_stacks.append(st)
+                owner.append(i)
+        out = await self.batcher.submit(flat_ids, flat_stacks) if flat_ids else []
+        if len(out) == len(seqs):
+            return out
+        grouped: list[list[np.ndarray]] = [[] for _ in seqs]
+        for i, lg in zip(owner, out, strict=True):
+            grouped[i].append(lg)
+        return [g[0] if len(g) == 1 else np.mean(g, axis=0) for g in grouped]
+
     # ------------------------------------------------------------------ NER
     async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
         check_ner_limits(self.s.limits, texts)
@@ -202,8 +246,7 @@ class Engine:
                                  self.ner_window, skip_empty=True)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
-        logits = (await self.batcher.submit([f.input_ids for f in feats], [routes[f.sentence].stack for f in feats])
-                  if feats else [])
+        logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
         labels = self.model.configs[routes[0].stack.task].head.labels
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
         windows = [0] * len(texts)
@@ -252,7 +295,7 @@ class Engine:
         if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
-        logits = await self.batcher.submit([w.input_ids for w in wins], [route.stack] * len(wins))
+        logits = await self._forward([w.input_ids for w in wins], [route] * len(wins))
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)
         answers = [{"text": context[s.start:s.end], "start": s.start, "end": s.end, "score": round(s.score, 4)}

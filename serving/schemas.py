@@ -91,6 +91,10 @@ class Routing(_Out):
     fallback: str | None = Field(None, description="why the stack differs from the language: 'related:<lang>', 'task_only' "
                                                      "(no adapter for the language), or 'task_only:trained_alone' (the "
                                                      "task adapter was trained without a language adapter)")
+    route: str = Field(description="task_only | madx | english | related:<code> | ensemble:<a>+<b>")
+    route_reason: str = Field(description="why this route: measured evidence, an override, or a fallback rule")
+    stacks: list[StackOut] | None = Field(None, description="an ensemble's stacks (each row ran once per stack, "
+                                                            "outputs averaged); null for a single stack")
 
 
 class EntityOut(_Out):
@@ -150,6 +154,8 @@ class AdaptersResponse(_Out):
     adapters: list[AdapterInfo]
     fallback: dict
     detector_languages: list[str]
+    routing: dict = Field(description="per language and task, the measured score of every route; the default "
+                                      "for languages without evidence; overrides")
     windows: dict[str, int]
     device: str
     threads: int

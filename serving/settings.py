@@ -12,10 +12,19 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PACKAGED_STORE = Path(__file__).resolve().parent.parent / "madx" / "default_store"
 
@@ -59,6 +68,19 @@ class Fallback(_Strict):
     mode: Literal["related", "task_only", "strict"] = "related"
     related: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RELATED))
     min_detect_confidence: float = Field(0.5, ge=0, le=1, description="below: treated as an unknown language")
+
+
+ROUTE = r"^(task_only|madx|english|related:[a-z]{2,3}|ensemble:[a-z]{2,3}(\+[a-z]{2,3})+)$"
+
+
+class Routing(_Strict):
+    """Routing by evidence (serving/routing.py): each language gets its best measured route from the
+    store's ``routing`` evidence; a language without evidence the best route over unseen languages."""
+
+    overrides: dict[str, Annotated[str, StringConstraints(pattern=ROUTE)]] = Field(
+        default_factory=dict, description="'<lang>:<task>', '<lang>' or '*:<task>' -> route (task_only, madx, "
+        "english, related:<code>, ensemble:<a>+<b>); wins over the evidence")
+    source_language: str = Field("en", description="the language the task adapters were trained on ('english' route)")
 
 
 class Autoscaling(_Strict):
@@ -113,6 +135,7 @@ class Settings(_Strict):
     batching: Batching = Field(default_factory=Batching)
     cache: Cache = Field(default_factory=Cache)
     fallback: Fallback = Field(default_factory=Fallback)
+    routing: Routing = Field(default_factory=Routing)
 
     @property
     def max_inflight(self) -> int:

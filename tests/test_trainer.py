@@ -281,3 +281,23 @@ def test_cli_task_with_dev_set_epochs_and_warm_start(tmp_path, capsys):
     assert read_manifest(store)["adapters"]["b"]["metrics"]["init_from"] == "a"
     with pytest.raises(SystemExit, match="same architecture"):
         main([*ner, "--name", "c", "--steps", "1", "--init-from", "a", "--reduction-factor", "8"])
+
+
+def test_an_ensemble_of_stacks_averages_their_logits():
+    from madx.train import logits_for
+    from tests.helpers import NER_LABELS, add_random, tiny_madx
+
+    m = tiny_madx("xlm-roberta", seed=3)
+    for i, lang in enumerate(["sw", "rw"]):
+        add_random(m, AdapterConfig.language(lang, reduction_factor=4), 20 + i)
+    add_random(m, AdapterConfig.task("ner", "ner", NER_LABELS), 30)
+    seqs = [[0, 5, 6, 7, 2], [0, 9, 10, 2], [0, 11, 2]]
+    ens = (AdapterStack("sw", "ner"), AdapterStack("rw", "ner"))
+    with torch.no_grad():
+        got = logits_for(m, seqs, [ens, AdapterStack("sw", "ner"), ens], pad_id=1)
+        sw = logits_for(m, seqs, [AdapterStack("sw", "ner")] * 3, pad_id=1)
+        rw = logits_for(m, seqs, [AdapterStack("rw", "ner")] * 3, pad_id=1)
+    for i in (0, 2):
+        assert torch.allclose(got[i], (sw[i] + rw[i]) / 2, atol=1e-5)
+        assert (sw[i] - rw[i]).abs().max() > 1e-3
+    assert torch.allclose(got[1], sw[1], atol=1e-5)

@@ -6,9 +6,11 @@ import asyncio
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from madx.artifacts import ArtifactError
+from madx.config import AdapterStack
 from serving.batcher import Overloaded, plan_batches
 from serving.engine import RequestError
 
@@ -319,3 +321,61 @@ def test_ner_tokens_carry_characters_and_cjk_runs_are_not_marker_pairs(engine, t
         assert not any(p.startswith("▁") for p in pieces[1:]), pieces
     for t in res["tokens"]:
         assert text[t["start"]:t["end"]] == t["text"] == t["token"].lstrip("▁").replace("▁", " ") or t["token"] == "<unk>"
+
+
+ROUTING = {"evidence": {"sw": {"ner": {"measured_on": "sw", "metric": "F1",
+                                       "scores": {"madx": 50.0, "task_only": 52.0, "ensemble:sw+de": 55.0}}},
+                        "de": {"ner": {"measured_on": "de", "metric": "F1", "scores": {"madx": 60.0, "task_only": 52.0}}}},
+           "default": {"ner": {"route": "english", "over": ["yo", "ig"], "scores": {"english": 30.0, "task_only": 29.0}}}}
+
+
+@pytest.fixture
+def routed_engine(make_engine, tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    m = json.loads((store / "manifest.json").read_text())
+    m["routing"] = ROUTING
+    (store / "manifest.json").write_text(json.dumps(m))
+    return make_engine(store=store)
+
+
+@pytest.mark.parametrize("language, route, stacks, fallback", [
+    ("sw", "ensemble:sw+de", [("sw", "ner"), ("de", "ner")], "ensemble:sw+de"),
+    ("de", "madx", [("de", "ner")], None),
+    ("fr", "english", [("en", "ner")], "english"),  # no evidence: the best route over unseen languages
+])
+def test_the_store_routes_by_evidence(routed_engine, language, route, stacks, fallback):
+    res = run(routed_engine.ner(["Rais wa Kenya alizungumza na waandishi wa habari."], language))["results"][0]
+    assert (res["route"], res["fallback"]) == (route, fallback)
+    assert [(s["language"], s["task"]) for s in (res["stacks"] or [res["stack"]])] == stacks
+    assert res["route_reason"]
+    assert routed_engine.describe()["routing"]["evidence"] == ROUTING["evidence"]
+
+
+def test_an_ensemble_is_the_mean_of_its_stacks_in_one_batch(routed_engine):
+    eng = routed_engine
+    text = "Rais wa Kenya alizungumza na waandishi wa habari mjini Nairobi."
+    ens = eng.route("ner", "sw", text)
+    assert ens.name == "ensemble:sw+de"
+    ids = eng.tok(text)["input_ids"]
+    from serving.engine import Route
+
+    single = [Route(st, "sw", "request", None, None) for st in ens.all_stacks]
+
+    async def go():
+        return await asyncio.gather(eng._forward([ids], [ens]), *(eng._forward([ids], [r]) for r in single))
+    got, *parts = run(go())
+    want = np.mean([p[0] for p in parts], axis=0)
+    assert np.abs(got[0] - want).max() < 1e-5
+    assert np.abs(parts[0][0] - parts[1][0]).max() > 1e-3  # the two stacks do differ
+
+
+def test_overrides_win_over_evidence(make_engine, tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    m = json.loads((store / "manifest.json").read_text())
+    m["routing"] = ROUTING
+    (store / "manifest.json").write_text(json.dumps(m))
+    eng = make_engine(store=store, routing={"overrides": {"sw:ner": "madx", "de": "related:sw"}})
+    assert eng.route("ner", "sw", "x").name == "madx" and "override" in eng.route("ner", "sw", "x").reason
+    assert eng.route("ner", "de", "x").stack == AdapterStack("sw", "ner")

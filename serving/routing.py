@@ -1,0 +1,112 @@
+"""Routing by evidence: which adapter stack(s) serve a (language, task), chosen from measured scores.
+
+Pure policy, no torch and no I/O. The store's manifest carries the evidence (``routing``):
+
+    "routing": {
+      "evidence": {"sw": {"ner": {"measured_on": "sw", "metric": "F1", "scores": {"madx": 61.2,
+                   "task_only": 63.0, "english": 58.1, "related:rw": 55.0, "ensemble:sw+rw": 62.4}}}},
+      "default": {"ner": {"route": "task_only", "over": ["yo", "rw", ...], "scores": {...}}}
+    }
+
+Route names: ``madx`` (the language's own adapter under the task adapter), ``task_only``,
+``english`` (the source language's adapter: the stack the task adapter was trained on),
+``related:<code>`` (a related language's adapter) and ``ensemble:<a>+<b>...`` (each row run once
+per listed language adapter in the same forward pass, outputs averaged; Wang et al. 2021, EMEA).
+
+``choose`` takes, in order: an explicit override; the best measured route of the language (ties go to
+the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong); for a language without
+evidence, the route that was best on average over the unseen languages; and only then says it has no
+evidence (``None``), so the caller keeps its older rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from madx.config import AdapterStack
+
+PREFERENCE = ("task_only", "madx", "english", "related", "ensemble")
+
+
+@dataclass(frozen=True)
+class Choice:
+    route: str
+    stacks: tuple[AdapterStack, ...]  # one per pass of each row (several for an ensemble)
+    reason: str
+
+
+class RouteError(ValueError):
+    """A route name that is malformed or needs an adapter the store does not serve."""
+
+
+def stacks_for(route: str, language: str | None, task: str, source: str, served: set[str]) -> tuple[AdapterStack, ...]:
+    """The stacks a route runs, checked against the served language adapters."""
+    if route == "task_only":
+        return (AdapterStack(None, task),)
+    if route == "madx":
+        langs = [language]
+    elif route == "english":
+        langs = [source]
+    elif route.startswith("related:"):
+        langs = [route.split(":", 1)[1]]
+    elif route.startswith("ensemble:"):
+        langs = [x for x in route.split(":", 1)[1].split("+") if x]
+        if len(langs) < 2:
+            raise RouteError(f"route {route!r}: an ensemble needs at least two language adapters ('ensemble:a+b')")
+    else:
+        raise RouteError(f"route {route!r} is unknown; use task_only, madx, english, related:<code> or "
+                         f"ensemble:<a>+<b>")
+    missing = [x for x in langs if x not in served]
+    if missing:
+        raise RouteError(f"route {route!r} needs language adapters {missing}, which are not served")
+    return tuple(AdapterStack(x, task) for x in langs)
+
+
+def _rank(route: str) -> int:
+    return PREFERENCE.index(route.split(":", 1)[0])
+
+
+def best(scores: Mapping[str, float], usable) -> str | None:
+    """The highest-scoring usable route; ties go to the simpler route."""
+    ok = [r for r in scores if usable(r)]
+    return max(ok, key=lambda r: (scores[r], -_rank(r))) if ok else None
+
+
+def choose(task: str, language: str | None, served: set[str], routing: Mapping, source: str = "en",
+           overrides: Mapping[str, str] | None = None) -> Choice | None:
+    """The route for one request (see the module doc); None when neither an override nor any
+    evidence applies."""
+    overrides = overrides or {}
+
+    def usable(route: str) -> bool:
+        try:
+            stacks_for(route, language, task, source, served)
+            return True
+        except RouteError:
+            return False
+
+    for key in (f"{language}:{task}", language, f"*:{task}"):
+        if key is not None and key in overrides:
+            route = overrides[key]
+            return Choice(route, stacks_for(route, language, task, source, served), f"override {key}={route}")
+    ev = ((routing.get("evidence") or {}).get(language) or {}).get(task) if language else None
+    if ev and ev.get("scores"):
+        scores = ev["scores"]
+        route = best(scores, usable)
+        if route is not None:
+            base = f", task_only {scores['task_only']:.1f}" if "task_only" in scores and route != "task_only" else ""
+            where = "its own" if ev.get("measured_on") == language else f"{ev.get('measured_on')}'s"
+            return Choice(route, stacks_for(route, language, task, source, served),
+                          f"best of {len(scores)} measured routes on {where} dev data "
+                          f"({ev.get('metric', 'score')} {scores[route]:.1f}{base})")
+    default = (routing.get("default") or {}).get(task)
+    if default and default.get("route"):
+        route = default["route"]
+        if not usable(route):  # e.g. 'madx' for a language without an adapter
+            route = best(default.get("scores") or {}, usable) or "task_only"
+        who = f"{language!r} has" if language else "an undetermined language has"
+        return Choice(route, stacks_for(route, language, task, source, served),
+                      f"{who} no evidence: best route on average over {len(default.get('over', []))} "
+                      f"unseen languages")
+    return None

@@ -1,0 +1,67 @@
+"""Routing by evidence: a table of measured scores goes in, the chosen route comes out."""
+
+from __future__ import annotations
+
+import pytest
+
+from madx.config import AdapterStack
+from serving.routing import RouteError, choose, stacks_for
+
+SERVED = {"en", "sw", "rw", "yo"}
+ROUTING = {
+    "evidence": {
+        "sw": {"ner": {"measured_on": "sw", "metric": "F1",
+                       "scores": {"madx": 61.2, "task_only": 63.0, "english": 58.1, "related:rw": 55.0}},
+               "qa": {"measured_on": "sw", "metric": "F1", "scores": {"madx": 70.0, "task_only": 66.0}}},
+        "yo": {"ner": {"measured_on": "yo", "metric": "F1",
+                       "scores": {"madx": 40.0, "task_only": 35.0, "ensemble:yo+sw": 44.5}}},
+        "rw": {"ner": {"measured_on": "sw", "metric": "F1",  # no rw dev data: the related language's
+                       "scores": {"madx": 50.0, "task_only": 50.0, "related:xx": 90.0}}},
+    },
+    "default": {"ner": {"route": "english", "over": ["yo", "rw", "ig"], "scores": {"english": 30.0, "task_only": 29.0}},
+                "qa": {"route": "madx", "over": ["yo"], "scores": {"madx": 20.0, "task_only": 19.0}}},
+}
+
+
+@pytest.mark.parametrize("task, language, overrides, want_route, want_stacks, reason", [
+    # the best measured route wins, even when it is not MAD-X
+    ("ner", "sw", {}, "task_only", [(None, "ner")], "best of 4 measured routes on its own dev data (F1 63.0)"),
+    ("qa", "sw", {}, "madx", [("sw", "qa")], "(F1 70.0, task_only 66.0)"),
+    # an ensemble runs each listed adapter
+    ("ner", "yo", {}, "ensemble:yo+sw", [("yo", "ner"), ("sw", "ner")], "F1 44.5"),
+    # a tie goes to the simpler route; a route needing an unserved adapter is never chosen
+    ("ner", "rw", {}, "task_only", [(None, "ner")], "on sw's dev data"),
+    # no evidence for the language, or no language: the best route on average over unseen languages
+    ("ner", "ig", {}, "english", [("en", "ner")], "'ig' has no evidence: best route on average over 3 unseen"),
+    ("ner", None, {}, "english", [("en", "ner")], "an undetermined language has no evidence"),
+    # a default that needs the language's own adapter falls back to the best usable default route
+    ("qa", "de", {}, "task_only", [(None, "qa")], "'de' has no evidence"),
+    ("qa", "yo", {}, "madx", [("yo", "qa")], "'yo' has no evidence"),
+    # explicit overrides win: per language and task, per language, per task
+    ("ner", "sw", {"sw:ner": "madx"}, "madx", [("sw", "ner")], "override sw:ner=madx"),
+    ("ner", "sw", {"sw": "related:rw"}, "related:rw", [("rw", "ner")], "override sw=related:rw"),
+    ("ner", "ig", {"*:ner": "task_only"}, "task_only", [(None, "ner")], "override *:ner=task_only"),
+])
+def test_choose(task, language, overrides, want_route, want_stacks, reason):
+    c = choose(task, language, SERVED, ROUTING, "en", overrides)
+    assert c.route == want_route
+    assert c.stacks == tuple(AdapterStack(lang, t) for lang, t in want_stacks)
+    assert reason in c.reason, c.reason
+
+
+def test_no_evidence_and_no_default_leaves_the_older_rules():
+    assert choose("ner", "sw", SERVED, {}) is None
+    assert choose("ner", "sw", SERVED, {"evidence": {"sw": {"qa": {"scores": {"madx": 1}}}}}) is None
+
+
+@pytest.mark.parametrize("route, message", [
+    ("ensemble:sw", "at least two"), ("related:de", "not served"), ("madx", "not served"), ("magic", "unknown"),
+])
+def test_bad_routes_say_why(route, message):
+    with pytest.raises(RouteError, match=message):
+        stacks_for(route, "de", "ner", "en", SERVED)
+
+
+def test_an_override_to_an_unserved_adapter_is_an_error_not_a_silent_change():
+    with pytest.raises(RouteError, match="not served"):
+        choose("ner", "sw", SERVED, ROUTING, "en", {"sw": "related:de"})
