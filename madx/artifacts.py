@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from .config import AdapterConfig, BottleneckConfig, HeadConfig, InvertibleConfig
 from .model import MadxModel
@@ -107,56 +110,134 @@ def _atomic(dest: Path, write) -> None:
             os.unlink(tmp)
 
 
-def read_artifact(directory: str | Path) -> tuple[dict[str, Any], AdapterConfig]:
+@dataclass(frozen=True)
+class ArtifactBytes:
+    """Every file of an artifact directory, read once. Hashes and parsing use these same bytes, so
+    what was verified is what is loaded (no second read of a file that may have changed)."""
+
+    directory: Path
+    files: dict[str, bytes]
+
+    def sha256(self) -> dict[str, str]:
+        return {f: hashlib.sha256(b).hexdigest() for f, b in sorted(self.files.items())}
+
+    def verify(self, expected: dict[str, str] | None) -> None:
+        """With ``expected`` (the manifest's hashes): every file is listed, every listed file is
+        here, and every hash matches; an empty map is refused, never skipped."""
+        if expected is None:
+            return
+        if not expected:
+            raise ArtifactError(f"{self.directory}: the manifest lists no sha256 for this adapter; refusing it")
+        unlisted = sorted(set(self.files) - set(expected))
+        if unlisted:
+            raise ArtifactError(f"{self.directory}: files {unlisted} are not in the manifest's sha256 list; "
+                                f"refusing this adapter")
+        got = self.sha256()
+        for fname, want in sorted(expected.items()):
+            have = got.get(fname, "missing")
+            if have != want:
+                raise ArtifactError(f"{self.directory / fname}: sha256 {have} does not match the store manifest "
+                                    f"({want}); refusing this adapter")
+
+    def parse(self) -> tuple[dict[str, Any], AdapterConfig, dict[str, torch.Tensor]]:
+        d = self.directory
+        try:
+            meta = json.loads(self.files[CONFIG_FILE])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{d / CONFIG_FILE}: invalid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            hint = (" (this looks like an AdapterHub adapter: convert it with `madx import-adapterhub`)"
+                    if isinstance(meta, dict) and "config" in meta and "model_class" in meta else "")
+            raise ArtifactError(f"{d / CONFIG_FILE}: format {got!r} is not {ARTIFACT_FORMAT!r}{hint}")
+        cfg = config_from_json(meta, str(d / CONFIG_FILE))
+        if WEIGHTS_FILE not in self.files:
+            raise ArtifactError(f"{d}: missing {WEIGHTS_FILE}")
+        try:
+            tensors = load_safetensors(self.files[WEIGHTS_FILE])
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise ArtifactError(f"{d / WEIGHTS_FILE}: not a readable safetensors file ({e})") from None
+        return meta, cfg, tensors
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, or an ArtifactError. Opened non-blocking and checked with fstat, so a
+    FIFO or device never blocks the caller and a swapped-in special file is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path}: not a regular file; refusing it")
+        if st.st_size > limit:
+            raise ArtifactError(f"{path}: {st.st_size} bytes is over the {limit}-byte limit for an artifact file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+MAX_FILE_BYTES = 1 << 31
+
+
+def read_artifact_bytes(directory: str | Path) -> ArtifactBytes:
     d = Path(directory)
     if not d.is_dir():
         raise ArtifactError(f"adapter directory {str(d)!r} does not exist")
-    pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if not (d / WEIGHTS_FILE).exists() and pickles:
+    try:
+        names = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise ArtifactError(f"adapter directory {str(d)!r} cannot be listed ({e.strerror})") from None
+    pickles = [n for n in names if Path(n).suffix in PICKLE_SUFFIXES]
+    if WEIGHTS_FILE not in names and pickles:
         raise ArtifactError(
             f"{d}: only pickle weights ({', '.join(pickles)}); pickle is never loaded. Convert once with "
             f"`madx import-adapterhub {d} --allow-pickle ...` (trusted files only)"
         )
-    cfg_path = d / CONFIG_FILE
-    if not cfg_path.exists():
-        raise ArtifactError(f"{d}: missing {CONFIG_FILE}")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{cfg_path}: invalid JSON ({e})") from None
-    if meta.get("format") != ARTIFACT_FORMAT:
-        hint = (" (this looks like an AdapterHub adapter: convert it with `madx import-adapterhub`)"
-                if "config" in meta and "model_class" in meta else "")
-        raise ArtifactError(f"{cfg_path}: format {meta.get('format')!r} is not {ARTIFACT_FORMAT!r}{hint}")
-    return meta, config_from_json(meta, str(cfg_path))
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in names:
+            raise ArtifactError(f"{d}: missing {required}")
+    return ArtifactBytes(d, {n: _read_regular(d / n, MAX_FILE_BYTES) for n in names})
 
 
-def load_adapter(model: MadxModel, directory: str | Path, name: str | None = None,
-                 expected_sha256: dict[str, str] | None = None) -> AdapterConfig:
-    """Validate an artifact against ``model`` and register it (under ``name`` if given)."""
-    d = Path(directory)
-    meta, cfg = read_artifact(d)
-    if expected_sha256:
-        for fname, want in expected_sha256.items():
-            got = sha256_file(d / fname) if (d / fname).exists() else "missing"
-            if got != want:
-                raise ArtifactError(
-                    f"{d / fname}: sha256 {got} does not match the store manifest ({want}); refusing this adapter"
-                )
+def read_artifact(directory: str | Path) -> tuple[dict[str, Any], AdapterConfig]:
+    meta, cfg, _ = read_artifact_bytes(directory).parse()
+    return meta, cfg
+
+
+def check_backbone(model: MadxModel, meta: dict[str, Any], cfg: AdapterConfig, where: str | Path) -> None:
     bb = meta.get("backbone", {})
     for key, have in (("hidden_size", model.hidden_size), ("num_layers", model.num_layers)):
         if bb.get(key) != have:
             raise ArtifactError(
-                f"{d}: adapter {cfg.name!r} was made for {key}={bb.get(key)} "
+                f"{where}: adapter {cfg.name!r} was made for {key}={bb.get(key)} "
                 f"(backbone {bb.get('name')!r}); the loaded backbone {model.backbone_name!r} has {key}={have}"
             )
+
+
+def load_adapter(model: MadxModel, directory: str | Path, name: str | None = None,
+                 expected_sha256: dict[str, str] | None = None) -> AdapterConfig:
+    """Validate an artifact against ``model`` and register it (under ``name`` if given). Each file is
+    read once; the hashes are checked and the config and weights parsed from those same bytes."""
+    ab = read_artifact_bytes(directory)
+    ab.verify(expected_sha256)
+    meta, cfg, tensors = ab.parse()
+    check_backbone(model, meta, cfg, ab.directory)
     if name is not None and name != cfg.name:
         cfg = AdapterConfig(name, cfg.kind, cfg.bottleneck, cfg.invertible, cfg.head)
-    if not (d / WEIGHTS_FILE).exists():
-        raise ArtifactError(f"{d}: missing {WEIGHTS_FILE}")
-    tensors = load_file(str(d / WEIGHTS_FILE))
-    install_weights(model, cfg, tensors, where=str(d))
+    install_weights(model, cfg, tensors, where=str(ab.directory))
     return cfg
+
+
+def confined(root: str | Path, relative: str | Path) -> Path:
+    """``root / relative``, refused when it resolves outside ``root`` ('../', absolute paths, links)."""
+    base = Path(root).resolve()
+    p = (base / relative).resolve()
+    if not p.is_relative_to(base):
+        raise ArtifactError(f"path {str(relative)!r} leaves the store; manifest paths must stay inside it")
+    return p
 
 
 def install_weights(model: MadxModel, cfg: AdapterConfig, tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -203,13 +284,14 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
 def add_to_store(store: str | Path, artifact_dir: str | Path, extra: dict[str, Any] | None = None) -> dict:
     """Record an artifact that lies inside ``store`` in its manifest, with sha256 of each file."""
     store, art = Path(store), Path(artifact_dir)
-    meta, cfg = read_artifact(art)
+    ab = read_artifact_bytes(art)
+    meta, cfg, _ = ab.parse()
     entry = {
         "path": os.path.relpath(art, store),
         "kind": cfg.kind,
         "task_type": cfg.head.task_type if cfg.head else None,
         "backbone": meta.get("backbone", {}),
-        "sha256": {f: sha256_file(art / f) for f in (CONFIG_FILE, WEIGHTS_FILE)},
+        "sha256": ab.sha256(),  # every file of the artifact
         **(extra or {}),
     }
     m = read_manifest(store)
@@ -241,7 +323,7 @@ def load_store(model: MadxModel, store: str | Path, names: list[str] | None = No
         try:
             if entry is None:
                 raise ArtifactError(f"adapter {name!r} is not in {store}/{MANIFEST_FILE}; has: {sorted(m['adapters'])}")
-            load_adapter(model, Path(store) / entry["path"], expected_sha256=entry["sha256"])
+            load_adapter(model, confined(store, entry["path"]), expected_sha256=entry["sha256"])
         except ArtifactError as e:
             if strict:
                 raise

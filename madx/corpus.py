@@ -189,5 +189,6 @@ NER_DEV.update({c: f"{M2}/{iso3}/dev.txt" for c, iso3 in (
     ("fon", "fon"), ("mos", "mos"), ("bbj", "bbj"))})
 NER_DEV["am"] = f"{M1}/amh/dev.txt"
 # QA dev data with answers: TyDiQA-GoldP *dev* here has its answers stripped, and the shipped QA
-# adapter never trained on TyDiQA sw *train*, so that is Swahili's QA dev set.
+# adapter never trained on TyDiQA sw *train*: the half of its contexts with heldout(context, 50) is
+# Swahili's QA dev set, the other half a test set.
 QA_DEV = {"sw": "qa/tydiqa_goldp_xtreme/train/tydiqa.goldp.sw.train.json"}

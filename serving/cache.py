@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from madx.artifacts import (
-    WEIGHTS_FILE,
     ArtifactError,
+    check_backbone,
+    confined,
     install_weights,
     load_adapter,
-    read_artifact,
+    read_artifact_bytes,
     read_manifest,
-    sha256_file,
 )
 from madx.config import AdapterConfig
 from madx.model import MadxModel
@@ -37,7 +37,7 @@ class Entry:
     kind: str
     task_type: str | None
     language: str | None
-    sha256: dict[str, str] | None  # None for adapters an admin loaded from a path outside the store
+    sha256: dict[str, str]  # every file of the artifact (for an admin path: as read when it was loaded)
     source: str  # "store" | "admin"
     trained_alone: bool = False  # a task adapter trained without a language adapter under it
 
@@ -50,8 +50,11 @@ def _trained_alone(e: dict) -> bool:
 
 
 class AdapterCache:
-    def __init__(self, model: MadxModel, store: Path, max_device: int, max_cpu: int, metrics: Metrics) -> None:
+    def __init__(self, model: MadxModel, store: Path, max_device: int, max_cpu: int, metrics: Metrics,
+                 admin_roots: tuple[Path, ...] = ()) -> None:
         self.model, self.store, self.max_device, self.max_cpu, self.m = model, Path(store), max_device, max_cpu, metrics
+        # directories an admin ``path`` may point into (the store always)
+        self.admin_roots = tuple(Path(r).resolve() for r in (self.store, *admin_roots))
         self.entries: dict[str, Entry] = {}
         self.refused: dict[str, str] = {}  # name -> why (sha256 mismatch, shape, ...)
         self.device: OrderedDict[str, None] = OrderedDict()  # resident, least recently used first
@@ -65,9 +68,10 @@ class AdapterCache:
         if not manifest:
             raise ArtifactError(f"adapter store {str(self.store)!r} has no adapters in manifest.json")
         for name, e in sorted(manifest.items()):
-            self.entries[name] = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
-                                       name if e["kind"] == "language" else None, e["sha256"], "store",
-                                       _trained_alone(e))
+            try:
+                self.entries[name] = self._store_entry(name, e)
+            except ArtifactError as exc:
+                self.refused[name] = str(exc)
         for name in list(self.entries):  # validate everything now; a bad adapter is refused, the rest serve
             try:
                 self._from_disk(name)
@@ -130,34 +134,75 @@ class AdapterCache:
                 self.cpu.popitem(last=False)
         self.model.remove_adapter(name)
 
+    def _store_entry(self, name: str, e: dict) -> Entry:
+        if not isinstance(e.get("sha256"), dict) or not e["sha256"]:
+            raise ArtifactError(f"adapter {name!r}: the manifest lists no sha256 for it; refusing it")
+        return Entry(name, confined(self.store, e["path"]), e["kind"], e.get("task_type"),
+                     name if e["kind"] == "language" else None, dict(e["sha256"]), "store", _trained_alone(e))
+
     # ------------------------------------------------------------------ admin
-    def admin_load(self, name: str, path: str | None) -> Entry:
-        """Serve (or reload) ``name`` from its store entry or from an artifact directory."""
+    def admin_path(self, path: str) -> Path:
+        """An admin ``path`` inside an allowed root. Outside, the answer is the same whether or not the
+        directory exists (nothing about the file system is disclosed)."""
+        p = Path(path)
+        resolved = (self.store / p).resolve() if not p.is_absolute() else p.resolve()
+        if not any(resolved.is_relative_to(r) for r in self.admin_roots):
+            raise ArtifactError("path is outside the directories admin loads may read (the adapter store and "
+                                "admin_roots); copy the artifact there first")
+        return resolved
+
+    def admin_load(self, name: str, path: str | None, validate=None) -> Entry:
+        """Serve (or reload) ``name`` from its store entry or from an artifact directory.
+
+        All or nothing: the new artifact is read once, verified, parsed and checked (``validate(entry,
+        cfg)`` raises to refuse it) before the current version is touched; if installing it still
+        fails, the previous version is put back from memory, never re-read from disk."""
         if path is not None:
-            p = Path(path)
-            meta, cfg = read_artifact(p)
-            entry = Entry(name, p, cfg.kind, cfg.head.task_type if cfg.head else None,
-                          name if cfg.kind == "language" else None,
-                          {WEIGHTS_FILE: sha256_file(p / WEIGHTS_FILE)}, "admin")
+            d = self.admin_path(path)
+            ab = read_artifact_bytes(d)
+            sha = ab.sha256()
         else:
             m = read_manifest(self.store)["adapters"]
             if name not in m:
-                raise KeyError(f"adapter {name!r} is not in {self.store}/manifest.json and no path was given; "
+                raise KeyError(f"adapter {name!r} is not in the store's manifest.json and no path was given; "
                                f"the store has: {sorted(m)}")
-            e = m[name]
-            entry = Entry(name, self.store / e["path"], e["kind"], e.get("task_type"),
-                          name if e["kind"] == "language" else None, e["sha256"], "store", _trained_alone(e))
+            base = self._store_entry(name, m[name])
+            d, sha = base.path, base.sha256
+            ab = read_artifact_bytes(d)
+            ab.verify(sha)
+        meta, cfg, tensors = ab.parse()
+        check_backbone(self.model, meta, cfg, d)
+        if cfg.name != name:
+            cfg = type(cfg)(name, cfg.kind, cfg.bottleneck, cfg.invertible, cfg.head)
+        if path is not None:
+            entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
+                          name if cfg.kind == "language" else None, sha, "admin")
+        else:
+            entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
+                          name if cfg.kind == "language" else None, sha, "store", base.trained_alone)
+        if validate is not None:
+            validate(entry, cfg)
         old = self.entries.get(name)
+        old_state = None
+        if old is not None:
+            if name in self.model.configs:  # the verified in-memory copy, kept until the new one is in
+                old_state = (self.model.configs[name],
+                             {k: v.detach().clone() for k, v in self.model.adapters[name].state_dict().items()})
+            elif name in self.cpu:
+                old_state = self.cpu[name]
         self.admin_unload(name, missing_ok=True)
-        self.entries[name] = entry
         try:
-            self._from_disk(name)
+            self._evict(keep={name}, room_for=1)
+            install_weights(self.model, cfg, tensors, where=str(d))
         except Exception:
-            del self.entries[name]
-            if old is not None:  # keep serving the previous version
+            if old is not None:  # keep serving the previous version, from memory
                 self.entries[name] = old
-                self._from_disk(name)
+                if old_state is not None:
+                    install_weights(self.model, old_state[0], old_state[1], where=f"previous {name}")
+                    self.device[name] = None
             raise
+        self.device[name] = None
+        self.entries[name] = entry
         self.refused.pop(name, None)
         self.m.resident.labels(self.m.replica).set(len(self.device))
         return entry

@@ -125,7 +125,7 @@ class Engine:
         self.device = pick_device(settings.device)
         self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
         self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,
-                                  settings.cache.max_cpu_adapters, self.m)
+                                  settings.cache.max_cpu_adapters, self.m, tuple(settings.admin_roots))
 
     # ------------------------------------------------------------------ what is served
     def languages(self) -> list[str]:
@@ -140,7 +140,7 @@ class Engine:
                           "resident": self.cache.resident(e.name), "source": e.source}
                          for e in self.cache.entries.values()],
             "fallback": {"mode": self.s.fallback.mode, "related": self.s.fallback.related,
-                         "refused_adapters": self.cache.refused},
+                         "refused_adapters": {n: self._public(m) for n, m in self.cache.refused.items()}},
             "detector_languages": self.detector.languages,
             "routing": {"evidence": self.routing.get("evidence") or {}, "default": self.routing.get("default") or {},
                         "overrides": dict(self.s.routing.overrides), "source_language": self.s.routing.source_language},
@@ -148,6 +148,24 @@ class Engine:
             "device": str(self.device),
             "threads": self.threads,
         }
+
+    def _public(self, message: str) -> str:
+        """A message for a public endpoint: file system paths are given relative to the store."""
+        for root in sorted({str(self.s.adapter_store.resolve()), str(self.s.adapter_store)}, key=len, reverse=True):
+            message = message.replace(root, "<store>")
+        return message
+
+    def _check_admin(self, entry, cfg) -> None:
+        """What startup checks for a store, for an admin load: a configured task gets a task adapter
+        of that task type; any other name must be a language adapter."""
+        task = next((t for t, n in self.s.tasks.items() if n == entry.name), None)
+        if task is not None and (cfg.kind != "task" or cfg.head.task_type != task):
+            got = cfg.kind if cfg.kind != "task" else f"{cfg.head.task_type} task"
+            raise ArtifactError(f"tasks.{task} is {entry.name!r}: it needs a {task} task adapter, this artifact is a "
+                                f"{got} adapter")
+        if task is None and cfg.kind != "language":
+            raise ArtifactError(f"{entry.name!r} is a {cfg.head.task_type} task adapter, but no task is mapped to it "
+                                f"(tasks: {self.s.tasks}); language adapters are the only other kind served")
 
     # ------------------------------------------------------------------ routing
     def route(self, task: str, language: str | None, text: str) -> Route:
@@ -305,11 +323,11 @@ class Engine:
     # ------------------------------------------------------------------ admin (on the model thread)
     async def admin_load(self, name: str, path: str | None) -> dict[str, Any]:
         try:
-            e = await self.batcher.call(self.cache.admin_load, name, path)
+            e = await self.batcher.call(self.cache.admin_load, name, path, self._check_admin)
         except KeyError as err:
             raise RequestError(404, err.args[0]) from None
         except ArtifactError as err:
-            raise RequestError(422, str(err)) from None
+            raise RequestError(422, self._public(str(err))) from None
         self._refresh_detector()
         return {"loaded": name, "kind": e.kind, "source": e.source}
 

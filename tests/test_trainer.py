@@ -301,3 +301,24 @@ def test_an_ensemble_of_stacks_averages_their_logits():
         assert torch.allclose(got[i], (sw[i] + rw[i]) / 2, atol=1e-5)
         assert (sw[i] - rw[i]).abs().max() > 1e-3
     assert torch.allclose(got[1], sw[1], atol=1e-5)
+
+
+def test_derive_drops_the_last_layer_and_keeps_the_rest_exactly(tmp_path):
+    """MAD-X 2.0 from a trained adapter: the same weights without the last layer's adapter."""
+    from madx.artifacts import save_to_store
+    from tests.helpers import add_random
+
+    bb = load_backbone(TINY)
+    m = MadxModel(bb.model, bb.name)
+    add_random(m, AdapterConfig.language("sw", reduction_factor=4), 7)
+    save_to_store(m, "sw", tmp_path, extra={"metrics": {"language": "sw"}})
+    assert main(["derive", "--store", str(tmp_path), "--backbone", TINY, "--source", "sw", "--name", "sw-v2",
+                 "--save-dtype", "float32"]) == 0
+    m2 = MadxModel(load_backbone(TINY).model, bb.name)
+    load_store(m2, tmp_path)
+    last = m2.num_layers - 1
+    assert m2.configs["sw-v2"].bottleneck.leave_out == (last,) and str(last) not in m2.adapters["sw-v2"].layers
+    src, dst = m2.adapters["sw"].state_dict(), m2.adapters["sw-v2"].state_dict()
+    assert set(dst) < set(src) and all(torch.equal(src[k], dst[k]) for k in dst)
+    assert read_manifest(tmp_path)["adapters"]["sw-v2"]["metrics"] == {"language": "sw", "derived_from": "sw",
+                                                                       "leave_out": [last]}

@@ -204,7 +204,7 @@ def test_bad_store_is_a_clear_startup_error(make_engine, tmp_path, setup, messag
 
 
 def test_admin_unload_load_and_pickle_refusal(make_engine, tmp_path):
-    eng = make_engine()
+    eng = make_engine(admin_roots=[str(tmp_path)])
     run(eng.admin_unload("de"))
     assert "de" not in eng.languages() and "de" not in eng.detector.profiles.profiles  # CLD2 still names de
     assert run(eng.ner(["Hallo"], "de", False))["results"][0]["fallback"] == "task_only"
