@@ -69,8 +69,11 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int, pass_co
 
 class Batcher:
     def __init__(self, run: RunFn, max_batch_tokens: int, max_batch_rows: int, max_wait_ms: float,
-                 max_queue_rows: int, metrics: Metrics, policy: str = "mixed") -> None:
+                 max_queue_rows: int, metrics: Metrics, policy: str = "mixed", max_adapters: int | None = None) -> None:
         self.policy = policy
+        self.max_adapters = max_adapters  # adapters one pass may use (the device cache's capacity)
+        self.on_idle: Callable[[set[str]], None] | None = None  # after each round: adapters still needed
+        self._round: list[Row] = []  # rows taken from the queue whose pass has not finished
         self._requests = 0
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
         self.max_wait, self.max_queue, self.m = max_wait_ms / 1000, max_queue_rows, metrics
@@ -113,6 +116,11 @@ class Batcher:
                 r.future.cancel()
             raise
 
+    def adapters_in_use(self) -> set[str]:
+        """Adapters that queued rows, or rows of the round now running, still need (event loop only)."""
+        rows = [*self.queue, *(r for r in self._round if not r.future.done())]
+        return {a for r in rows for a in r.stack.adapters}
+
     async def call(self, fn, *args):
         """Run ``fn`` on the model thread, between batches (admin changes, cache inspection)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -130,20 +138,61 @@ class Batcher:
                 await asyncio.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
             take = [self.queue.popleft() for _ in range(len(self.queue))]
             take = [r for r in take if not r.future.cancelled()]
+            self._round = take
             self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
             for rows in self._batches(take):
-                try:
-                    out = await loop.run_in_executor(self.pool, self._forward, rows)
-                except Exception as e:  # noqa: BLE001 - delivered to every waiting request
-                    for r in rows:
-                        if not r.future.done():
-                            r.future.set_exception(e)
-                    continue
-                for r, o in zip(rows, out, strict=True):
-                    if not r.future.done():
-                        r.future.set_result(o)
+                await self._run_rows(loop, rows)
+            self._round = []
+            if self.on_idle is not None:  # on the model thread, like every cache operation
+                await loop.run_in_executor(self.pool, self.on_idle, self.adapters_in_use())
             if self.queue:
                 self._wake.set()
+
+    async def _run_rows(self, loop, rows: list[Row]) -> None:
+        """One pass. If it fails and it mixed stacks, each stack's rows run again on their own, so an
+        error (a broken adapter, say) reaches only the requests of the stack that caused it."""
+        try:
+            out = await loop.run_in_executor(self.pool, self._forward, rows)
+        except Exception as e:  # noqa: BLE001 - delivered to the waiting requests it concerns
+            by: dict[AdapterStack, list[Row]] = {}
+            for r in rows:
+                by.setdefault(r.stack, []).append(r)
+            if len(by) > 1:
+                for group in by.values():
+                    await self._run_rows(loop, group)
+                return
+            for r in rows:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        for r, o in zip(rows, out, strict=True):
+            if not r.future.done():
+                r.future.set_result(o)
+
+    def _fit_cache(self, batch: list[Row]) -> list[list[Row]]:
+        """Split a planned pass whose stacks need more adapters than the device cache holds into
+        passes that each fit (rows of one stack stay together)."""
+        if self.max_adapters is None:
+            return [batch]
+        need = {a for r in batch for a in r.stack.adapters}
+        if len(need) <= self.max_adapters:
+            return [batch]
+        by: dict[AdapterStack, list[Row]] = {}
+        for r in batch:
+            by.setdefault(r.stack, []).append(r)
+        out: list[list[Row]] = []
+        cur: list[Row] = []
+        have: set[str] = set()
+        for stack, rows in by.items():
+            adds = set(stack.adapters) - have
+            if cur and len(have) + len(adds) > self.max_adapters:
+                out.append(cur)
+                cur, have = [], set()
+            cur.extend(rows)
+            have |= set(stack.adapters)
+        if cur:
+            out.append(cur)
+        return out
 
     def _batches(self, take: list[Row]) -> list[list[Row]]:
         """mixed: one length-sorted plan over everything queued (ours). group_by_stack: rows only
@@ -157,8 +206,8 @@ class Batcher:
             for r in take:
                 by.setdefault(key(r), []).append(r)
             groups = list(by.values())
-        return [[g[i] for i in idx] for g in groups
-                for idx in plan_batches([len(r.ids) for r in g], self.max_tokens, self.max_rows)]
+        return [part for g in groups for idx in plan_batches([len(r.ids) for r in g], self.max_tokens, self.max_rows)
+                for part in self._fit_cache([g[i] for i in idx])]
 
     def _forward(self, rows: list[Row]) -> list[np.ndarray]:
         t0 = time.perf_counter()

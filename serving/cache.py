@@ -57,6 +57,9 @@ class AdapterCache:
         self.admin_roots = tuple(Path(r).resolve() for r in (self.store, *admin_roots))
         self.entries: dict[str, Entry] = {}
         self.refused: dict[str, str] = {}  # name -> why (sha256 mismatch, shape, ...)
+        # unloaded while rows that were admitted with them may still be queued: no new request routes to
+        # them, but they stay loaded until ``collect`` finds no queued row that needs them
+        self.retired: dict[str, Entry] = {}
         self.device: OrderedDict[str, None] = OrderedDict()  # resident, least recently used first
         self.cpu: OrderedDict[str, tuple[AdapterConfig, dict[str, torch.Tensor]]] = OrderedDict()
         if not self.store.is_dir():
@@ -108,7 +111,7 @@ class AdapterCache:
         self.m.resident.labels(self.m.replica).set(len(self.device))
 
     def _from_disk(self, name: str, keep: set[str] | None = None) -> None:
-        e = self.entries[name]
+        e = self.entries.get(name) or self.retired[name]
         t0 = time.perf_counter()
         self._evict(keep=keep or {name}, room_for=1)
         load_adapter(self.model, e.path, name=name, expected_sha256=e.sha256)
@@ -182,7 +185,7 @@ class AdapterCache:
                           name if cfg.kind == "language" else None, sha, "store", base.trained_alone)
         if validate is not None:
             validate(entry, cfg)
-        old = self.entries.get(name)
+        old = self.entries.get(name) or self.retired.get(name)
         old_state = None
         if old is not None:
             if name in self.model.configs:  # the verified in-memory copy, kept until the new one is in
@@ -207,12 +210,30 @@ class AdapterCache:
         self.m.resident.labels(self.m.replica).set(len(self.device))
         return entry
 
-    def admin_unload(self, name: str, missing_ok: bool = False) -> None:
+    def admin_unload(self, name: str, missing_ok: bool = False, drain: bool = False) -> None:
+        """Stop serving ``name``. With ``drain`` its weights stay until ``collect`` sees that no queued
+        row needs them (rows admitted before the unload finish with the adapter they were routed to)."""
         if name not in self.entries:
+            if name in self.retired and not drain:  # a reload replaces a draining adapter at once
+                self.retired.pop(name)
+                self._unload(name)
+                self.cpu.pop(name, None)
+                return
             if missing_ok:
                 return
             raise KeyError(f"adapter {name!r} is not served; served: {sorted(self.entries)}")
+        e = self.entries.pop(name)
+        if drain and (name in self.device or name in self.cpu):
+            self.retired[name] = e
+            return
         self._unload(name)
         self.cpu.pop(name, None)
-        del self.entries[name]
+        self.m.resident.labels(self.m.replica).set(len(self.device))
+
+    def collect(self, in_use: set[str]) -> None:
+        """Unload the draining adapters that no queued row needs any more."""
+        for name in [n for n in self.retired if n not in in_use]:
+            del self.retired[name]
+            self._unload(name)
+            self.cpu.pop(name, None)
         self.m.resident.labels(self.m.replica).set(len(self.device))

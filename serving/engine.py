@@ -110,7 +110,8 @@ class Engine:
         self.qa_window = min(b.qa_window, self.model.max_positions)
         self.qa_stride = min(b.qa_stride, self.qa_window // 3)
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
-                               b.policy)
+                               b.policy, max_adapters=settings.cache.max_device_adapters)
+        self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
         self.ready = True
 
     def _load_model(self, backbone) -> None:
@@ -337,7 +338,9 @@ class Engine:
             if not served_tasks:
                 raise RequestError(409, f"adapter {name!r} is the last served task adapter; load another first")
         try:
-            await self.batcher.call(self.cache.admin_unload, name)
+            await self.batcher.call(self.cache.admin_unload, name, False, True)
+            # rows admitted before keep it until they ran; nothing queued needs it: it goes now
+            await self.batcher.call(self.cache.collect, self.batcher.adapters_in_use())
         except KeyError as err:
             raise RequestError(404, err.args[0]) from None
         self._refresh_detector()

@@ -144,7 +144,9 @@ def test_admin_load_unload_over_http(make_engine):
     r = call(eng, "POST", "/admin/adapters/de/load", over=over, headers=h)
     assert r.status_code == 200 and r.json()["loaded"] == "de"
     r = call(eng, "POST", "/admin/adapters/xx/load", over=over, headers=h, json={"path": "/nonexistent"})
-    assert r.status_code == 422 and "does not exist" in r.json()["error"]
+    assert r.status_code == 422 and "outside the directories admin loads may read" in r.json()["error"]
+    r = call(eng, "POST", "/admin/adapters/xx/load", over=over, headers=h, json={"path": "nonexistent"})  # in the store
+    assert r.status_code == 422 and "does not exist" in r.json()["error"] and "<store>" in r.json()["error"]
 
 
 def test_overload_is_503_with_retry_after(make_engine):
