@@ -332,10 +332,12 @@ def mlm_eval(model: MadxModel, head: MlmHead, batches: Sequence[MlmBatch], stack
     return {"loss": round(loss / max(n, 1), 4), "top1": round(100 * hit / max(n, 1), 2), "targets": n}
 
 
-def save_mlm_head(head: MlmHead, model: MadxModel, store: Path, meta: dict[str, Any]) -> Path:
+def save_mlm_head(head: MlmHead, model: MadxModel, store: Path, meta: dict[str, Any],
+                  dtype: torch.dtype | None = None) -> Path:
     d = Path(store) / MLM_HEAD_DIR
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items() if k != "decoder_weight"}
+    tensors = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in head.state_dict().items()
+               if k != "decoder_weight"}
     save_file(tensors, str(d / "mlm_head.safetensors"))
     info = {"backbone": {"name": model.backbone_name, "hidden_size": model.hidden_size}, "shape": head.shape,
             "sha256": hashlib.sha256((d / "mlm_head.safetensors").read_bytes()).hexdigest(), **meta}
