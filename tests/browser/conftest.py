@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server():
     """(base url, api key) of a madx-serve app on 127.0.0.1 with an API key set."""
     import uvicorn
@@ -51,8 +51,9 @@ def server():
     t.join(10)
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="module")
+def browser():  # module scope: Playwright's sync API keeps an event loop running while it is open,
+    # which would break asyncio.run() in every later test of the session
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does)")
     from playwright.sync_api import sync_playwright
