@@ -74,6 +74,8 @@ class Batcher:
         self.max_adapters = max_adapters  # adapters one pass may use (the device cache's capacity)
         self.on_idle: Callable[[set[str]], None] | None = None  # after each round: adapters still needed
         self._round: list[Row] = []  # rows taken from the queue whose pass has not finished
+        self.round_rows = 2 * max_batch_rows  # rows one round takes (round-robin over requests)
+        self.pinned: dict[str, int] = {}  # adapters routed to by requests still being prepared
         self._requests = 0
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
         self.max_wait, self.max_queue, self.m = max_wait_ms / 1000, max_queue_rows, metrics
@@ -111,15 +113,51 @@ class Batcher:
         self._wake.set()
         try:
             return list(await asyncio.gather(*(r.future for r in rows)))
-        except asyncio.CancelledError:  # client went away: drop its rows that have not run yet
+        except asyncio.CancelledError:  # client went away or timed out: release its rows that have not run
+            mine = {id(r) for r in rows}
+            waiting = sum(1 for r in self.queue if id(r) in mine)
+            if waiting:
+                self.queue = deque(r for r in self.queue if id(r) not in mine)
+                self.m.cancelled.labels(self.m.replica).inc(waiting)
+                self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
             for r in rows:
                 r.future.cancel()
             raise
 
+    def _take(self) -> list[Row]:
+        """This round's rows: round-robin over the queued requests, at most ``round_rows``. A request
+        with 1 000 windows then shares each round with the others instead of holding the model for
+        all of its windows first."""
+        if len(self.queue) <= self.round_rows:
+            out = list(self.queue)
+            self.queue.clear()
+            return out
+        by: dict[int, deque[Row]] = {}
+        for r in self.queue:
+            by.setdefault(r.request, deque()).append(r)
+        out: list[Row] = []
+        while len(out) < self.round_rows:
+            for q in list(by.values()):
+                if q and len(out) < self.round_rows:
+                    out.append(q.popleft())
+        taken = {id(r) for r in out}
+        self.queue = deque(r for r in self.queue if id(r) not in taken)
+        return out
+
     def adapters_in_use(self) -> set[str]:
         """Adapters that queued rows, or rows of the round now running, still need (event loop only)."""
         rows = [*self.queue, *(r for r in self._round if not r.future.done())]
-        return {a for r in rows for a in r.stack.adapters}
+        return {a for r in rows for a in r.stack.adapters} | {a for a, n in self.pinned.items() if n > 0}
+
+    def pin(self, names) -> None:
+        for a in names:
+            self.pinned[a] = self.pinned.get(a, 0) + 1
+
+    def unpin(self, names) -> None:
+        for a in names:
+            self.pinned[a] -= 1
+            if not self.pinned[a]:
+                del self.pinned[a]
 
     async def call(self, fn, *args):
         """Run ``fn`` on the model thread, between batches (admin changes, cache inspection)."""
@@ -136,8 +174,7 @@ class Batcher:
             deadline = time.monotonic() + self.max_wait
             while len(self.queue) < self.max_rows and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
-            take = [self.queue.popleft() for _ in range(len(self.queue))]
-            take = [r for r in take if not r.future.cancelled()]
+            take = [r for r in self._take() if not r.future.cancelled()]
             self._round = take
             self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
             for rows in self._batches(take):
@@ -151,6 +188,9 @@ class Batcher:
     async def _run_rows(self, loop, rows: list[Row]) -> None:
         """One pass. If it fails and it mixed stacks, each stack's rows run again on their own, so an
         error (a broken adapter, say) reaches only the requests of the stack that caused it."""
+        rows = [r for r in rows if not r.future.cancelled()]  # cancelled since this round was taken
+        if not rows:
+            return
         try:
             out = await loop.run_in_executor(self.pool, self._forward, rows)
         except Exception as e:  # noqa: BLE001 - delivered to the waiting requests it concerns

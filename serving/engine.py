@@ -6,6 +6,8 @@ deployment is a thin wrapper around it; tests drive it directly.
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +114,7 @@ class Engine:
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
                                b.policy, max_adapters=settings.cache.max_device_adapters)
         self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="madx-prep")  # tokenising, off the event loop
         self.ready = True
 
     def _load_model(self, backbone) -> None:
@@ -259,12 +262,19 @@ class Engine:
         check_ner_limits(self.s.limits, texts)
         self.batcher.admit(1)  # a full queue refuses before detection and tokenisation
         routes = [self.route("ner", language, t) for t in texts]
-        words = [split_words(t) for t in texts]
+        pinned = [a for r in routes for st in r.all_stacks for a in st.adapters]
+        self.batcher.pin(pinned)  # an unload while this request is prepared waits for it (drain)
         try:
-            feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
-                                 self.ner_window, skip_empty=True)
+            return await self._ner(texts, routes, return_tokens)
+        finally:
+            self._unpin(pinned)
+
+    async def _ner(self, texts: list[str], routes: list[Route], return_tokens: bool) -> dict[str, Any]:
+        try:  # tokenising 64 x 20 000 characters takes seconds: off the event loop (one prep thread)
+            words, feats = await asyncio.get_running_loop().run_in_executor(self._prep, self._ner_prep, texts)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
+        self._admit_windows(sum(len(r.all_stacks) for r in (routes[f.sentence] for f in feats)))
         logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
         labels = self.model.configs[routes[0].stack.task].head.labels
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
@@ -284,6 +294,24 @@ class Engine:
             results.append({**routes[i].out(), "entities": [e.__dict__ for e in ents],
                             "tokens": tokens[i] if return_tokens else None, "windows": windows[i]})
         return {"results": results, "backbone": self.model.backbone_name}
+
+    def _unpin(self, names: list[str]) -> None:
+        self.batcher.unpin(names)
+        if self.cache.retired:  # this request may have been the last one a draining adapter waited for
+            asyncio.ensure_future(self.batcher.call(self.cache.collect, self.batcher.adapters_in_use()))
+
+    def _ner_prep(self, texts: list[str]):
+        words = [split_words(t) for t in texts]
+        feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
+                             self.ner_window, skip_empty=True)
+        return words, feats
+
+    def _admit_windows(self, n: int) -> None:
+        """The exact window count (x the stacks of an ensemble) is known before anything is queued."""
+        lim = self.s.limits.max_windows
+        if n > lim:
+            raise RequestError(413, f"the request needs {n} model windows; the limit is {lim} (limits.max_windows): "
+                                    f"send fewer or shorter texts per request")
 
     def _tokens(self, f, lg: np.ndarray, text: str, labels) -> list[dict]:
         """Each sub-word that carries characters, with its own label and its own character span
@@ -305,15 +333,28 @@ class Engine:
         check_qa_limits(self.s.limits, question, context, top_k)
         self.batcher.admit(1)
         route = self.route("qa", language, context)
+        pinned = [a for st in route.all_stacks for a in st.adapters]
+        self.batcher.pin(pinned)
+        try:
+            return await self._qa(question, context, route, top_k, max_answer_tokens)
+        finally:
+            self._unpin(pinned)
+
+    async def _qa(self, question: str, context: str, route: Route, top_k: int, max_answer_tokens: int) -> dict[str, Any]:
         q_tokens = len(self.tok(question, add_special_tokens=False)["input_ids"])
-        if q_tokens + 4 + self.qa_stride + 16 > self.qa_window:
-            raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window and a "
-                                    f"{self.qa_stride}-token stride it must stay under "
-                                    f"{self.qa_window - self.qa_stride - 20} tokens")
-        wins = qa_windows(self.tok, question, context, self.qa_window, self.qa_stride)
+        room = self.qa_window - q_tokens - 4  # context tokens per window (4 special tokens)
+        if room < 32:
+            raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window it must stay "
+                                    f"under {self.qa_window - 36} tokens so that each window keeps 32 context tokens")
+        # the overlap adapts to the question: at most half of a window's context, so a long question
+        # never turns a context into hundreds of windows that move 17 tokens at a time
+        stride = min(self.qa_stride, room // 2)
+        wins = await asyncio.get_running_loop().run_in_executor(
+            self._prep, lambda: qa_windows(self.tok, question, context, self.qa_window, stride))
         if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
+        self._admit_windows(len(wins) * len(route.all_stacks))
         logits = await self._forward([w.input_ids for w in wins], [route] * len(wins))
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)

@@ -42,6 +42,8 @@ class Metrics:
         self.queue_rows = Gauge("madx_queue_rows", "windows waiting for a batch", lbl, registry=r)
         self.rejected = Counter("madx_overload_rejections", "requests refused with 503 because the queue was full", lbl,
                                 registry=r)
+        self.cancelled = Counter("madx_cancelled_windows", "queued windows released because their request was "
+                                 "cancelled or timed out before they ran", lbl, registry=r)
         self.cache = Counter("madx_adapter_cache", "adapter lookups by result (hit/miss) and tier it came from",
                              ["replica", "result", "tier"], registry=r)
         self.load_seconds = Histogram("madx_adapter_load_seconds", "time to make an adapter resident, by source tier",

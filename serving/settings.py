@@ -39,6 +39,8 @@ class Limits(_Strict):
     max_question_chars: int = Field(2_000, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="request body, checked before JSON parsing")
     max_top_k: int = Field(20, ge=1)
+    max_windows: int | None = Field(None, ge=1, description="model windows one request may need (413 above, before "
+                                    "any of it is queued); default min(1024, batching.max_queue_rows)")
 
 
 class Batching(_Strict):
@@ -145,6 +147,16 @@ class Settings(_Strict):
             return self.ingress_max_inflight
         replicas = self.autoscaling.max_replicas if self.autoscaling else self.backbone_replicas
         return self.batching.max_queue_rows * replicas
+
+    @model_validator(mode="after")
+    def _windows_fit_the_queue(self) -> Settings:
+        if self.limits.max_windows is None:  # frozen models: set the derived default once, here
+            object.__setattr__(self, "limits",
+                               self.limits.model_copy(update={"max_windows": min(1024, self.batching.max_queue_rows)}))
+        elif self.limits.max_windows > self.batching.max_queue_rows:
+            raise ValueError(f"limits.max_windows {self.limits.max_windows} is above batching.max_queue_rows "
+                             f"{self.batching.max_queue_rows}: a request inside the limits could never be queued")
+        return self
 
     @field_validator("tasks")
     @classmethod

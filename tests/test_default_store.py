@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from madx.artifacts import read_manifest
-from serving.engine import Engine
+from serving.engine import Engine, RequestError
 from serving.settings import PACKAGED_STORE, load_settings
 
 pytestmark = pytest.mark.e5
@@ -76,3 +76,18 @@ def test_qa_answers_depend_on_the_question(engine, question, answer):
 def test_task_adapters_are_served_alone_as_trained(engine):
     res = asyncio.run(engine.ner(["Rais William Ruto alikutana na viongozi mjini Nairobi."], "sw"))["results"][0]
     assert res["stack"] == {"language": None, "task": "ner"} and res["fallback"] == "task_only:trained_alone"
+
+
+def test_qa_stride_adapts_to_a_long_question(engine):
+    """Issue 13 finding 11: a fixed 128-token overlap with a ~230-token question moved each window by
+    ~20 tokens (230 windows for a 13 KB context); the overlap is now at most half a window's context."""
+    question = " ".join(["What did the committee decide about the budget of the new regional hospital"] * 17)
+    q_tokens = len(engine.tok(question, add_special_tokens=False)["input_ids"])
+    context = "The committee met on Tuesday. " * 200
+    c_tokens = len(engine.tok(context, add_special_tokens=False)["input_ids"])
+    res = asyncio.run(engine.qa(question, context, "en"))
+    room = engine.qa_window - q_tokens - 4
+    assert 200 < q_tokens < engine.qa_window - 36
+    assert res["windows"] <= c_tokens // (room - room // 2) + 2, (res["windows"], q_tokens, c_tokens)
+    with pytest.raises(RequestError, match="32 context tokens"):
+        asyncio.run(engine.qa(" ".join(["a"] * 400), "x y z", "en"))  # 400 tokens in 800 characters

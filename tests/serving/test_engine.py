@@ -226,10 +226,23 @@ def test_admin_unload_load_and_pickle_refusal(make_engine, tmp_path):
 
 
 def test_overload_refuses_at_once(make_engine):
-    eng = make_engine(batching={"max_queue_rows": 3})
-    with pytest.raises(Overloaded, match="limit 3"):
-        run(eng.ner(["a b", "c d", "e f", "g h"], "en", False))
+    eng = make_engine(batching={"max_queue_rows": 3, "max_wait_ms": 50})
+
+    async def two():  # the first request's windows fill the queue; the second is refused at once
+        return await asyncio.gather(eng.ner(["a b", "c d"], "en", False), eng.ner(["e f", "g h"], "en", False),
+                                    return_exceptions=True)
+    first, second = run(two())
+    assert first["results"] and isinstance(second, Overloaded) and "limit 3" in str(second)
     assert run(eng.ner(["a b"], "en", False))["results"]  # and it keeps serving
+
+
+def test_a_request_that_could_never_be_queued_is_413_not_503(make_engine):
+    """Issue 13 finding 12: it was a 503 whose retries could never succeed."""
+    eng = make_engine(batching={"max_queue_rows": 3})
+    with pytest.raises(RequestError) as e:
+        run(eng.ner(["a b", "c d", "e f", "g h"], "en", False))
+    assert e.value.status == 413 and "needs 4 model windows; the limit is 3 (limits.max_windows)" in e.value.message
+    assert eng.batcher.queued == 0
 
 
 @pytest.mark.parametrize("lengths, budget, rows, want", [

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import LocalBackend, build_app
+from serving.batcher import Overloaded
 
 KEY = "test-key-7f3a"
 
@@ -151,8 +152,11 @@ def test_admin_load_unload_over_http(make_engine):
 
 def test_overload_is_503_with_retry_after(make_engine):
     eng = make_engine(batching={"max_queue_rows": 2})
-    r = call(eng, "POST", "/v1/ner", json={"texts": ["a", "b", "c"], "language": "en"})
+    eng.batcher.admit = lambda rows: (_ for _ in ()).throw(Overloaded("2 windows are queued (limit 2)"))
+    r = call(eng, "POST", "/v1/ner", json={"texts": ["a", "b"], "language": "en"})
     assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "at capacity" in r.json()["error"]
+    r = call(make_engine(batching={"max_queue_rows": 2}), "POST", "/v1/ner", json={"texts": ["a", "b", "c"], "language": "en"})
+    assert r.status_code == 413 and "limits.max_windows" in r.json()["error"]  # could never fit: not a retry
 
 
 def test_ingress_admission_refuses_beyond_max_inflight_at_once(make_engine, monkeypatch):

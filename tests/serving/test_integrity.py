@@ -4,6 +4,7 @@ Each test failed on the code before the fix (the finding's number is in its name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -199,3 +200,49 @@ def test_finding_5_an_error_in_one_stack_fails_only_its_requests(make_engine, st
     en, de = run(go())
     assert not isinstance(en, BaseException) and en["results"][0]["stack"]["language"] == "en"
     assert isinstance(de, RuntimeError)
+
+
+def test_finding_11_a_big_request_shares_the_model_with_a_small_one(make_engine, store):
+    """Was: the batcher took the whole queue at once, so a 1-window request waited for every window
+    of a big request queued before it."""
+    eng = make_engine(store=store, batching={"max_batch_rows": 4, "max_wait_ms": 20})
+    passes: list[set[int]] = []
+    real = eng.batcher._forward
+
+    def spy(rows):
+        passes.append({r.request for r in rows})
+        return real(rows)
+    eng.batcher._forward = spy
+
+    async def go():
+        big = asyncio.ensure_future(eng.ner([f"Rais wa Kenya alizungumza na waandishi {i}." for i in range(60)], "sw"))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(eng.ner(["Angela Merkel visited Nairobi."], "en"))
+        return await asyncio.gather(big, small)
+    run(go())
+    big_id, small_id = min(min(p) for p in passes), max(max(p) for p in passes)
+    first_small = next(i for i, p in enumerate(passes) if small_id in p)
+    last_big = max(i for i, p in enumerate(passes) if big_id in p)
+    assert first_small <= 2 < last_big, passes  # within the first rounds, long before the big request is done
+
+
+def test_finding_11_cancelled_requests_release_their_queued_windows(make_engine, store):
+    eng = make_engine(store=store, batching={"max_batch_rows": 2, "max_wait_ms": 200})
+
+    def released():
+        return eng.m.registry.get_sample_value("madx_cancelled_windows_total", {"replica": "local"}) or 0
+
+    async def go():
+        before = released()
+        t = asyncio.ensure_future(eng.ner([f"Rais wa Kenya {i}." for i in range(30)], "sw"))
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if eng.batcher.queued:
+                break
+        queued = eng.batcher.queued
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+        return queued, eng.batcher.queued, released() - before
+    queued, after, count = run(go())
+    assert queued > 0 and after == 0 and count == queued
