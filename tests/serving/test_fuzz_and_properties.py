@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,3 +78,80 @@ def test_openapi_fuzz_no_5xx_and_json_errors(make_engine):
 
         fuzz()
     assert len(seen) >= 100 and any(400 <= c < 500 for c in seen) and 200 in seen
+
+
+ANY_UNICODE = st.text(alphabet=st.characters(), min_size=1, max_size=80)  # Cs (lone surrogates) included
+KEY = "fuzz-key-0c1d"
+
+
+@pytest.fixture(scope="module")
+def fuzz_engine(make_engine):
+    return make_engine()  # one per module: an engine per hypothesis example would hold ~40 MB each
+
+
+def _client(engine):
+    import httpx
+    from pydantic import SecretStr
+
+    s = engine.s.model_copy(update={"api_key": SecretStr(KEY)})
+    app = build_app(LocalBackend(engine), s, engine.m)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"X-API-Key": KEY})
+
+
+def _send(engine, method, path, **kw):
+    async def go():
+        async with _client(engine) as c:
+            return await c.request(method, path, **kw)
+    return asyncio.run(go())
+
+
+@SETTINGS
+@given(text=ANY_UNICODE, field=st.sampled_from(["text", "language", "question", "context"]))
+def test_any_unicode_over_http_is_200_or_a_json_4xx_never_5xx(fuzz_engine, text, field):
+    """Issue 13: the property tests excluded category Cs; lone surrogates gave 500 in 6 of 6 places."""
+    import json
+
+    engine = fuzz_engine
+    body = ({"text": text, "language": None} if field in ("text", "language") else
+            {"question": "Where?", "context": "In Nairobi.", field: text})
+    if field == "language":
+        body = {"text": "Rais wa Kenya.", "language": text}
+    path = "/v1/ner" if "text" in body else "/v1/qa"
+    raw = json.dumps(body, ensure_ascii=True)  # lone surrogates travel as JSON escapes, as a client sends them
+    r = _send(engine, "POST", path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 413, 422), (r.status_code, r.text[:200])
+    if r.status_code != 200:
+        assert r.json()["error"]
+    elif path == "/v1/ner":
+        for e in r.json()["results"][0]["entities"]:
+            assert body["text"][e["start"]:e["end"]] == e["text"]
+
+
+@SETTINGS
+@given(body=st.binary(max_size=200), ctype=st.sampled_from(
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml",
+     "application/json", "application/json; charset=latin-1", "APPLICATION/JSON", ""]),
+    path=st.sampled_from(["/v1/ner", "/v1/qa", "/admin/adapters/sw/load", "/admin/adapters/..%2F..%2Fetc/load"]))
+def test_any_bytes_and_content_type_never_5xx(fuzz_engine, body, ctype, path):
+    engine = fuzz_engine
+    headers = {} if ctype is None else {"content-type": ctype}
+    r = _send(engine, "POST", path, content=body, headers=headers)
+    assert r.status_code < 500, (r.status_code, r.text[:200])
+    if r.status_code >= 400:
+        assert r.json()["error"]
+
+
+@SETTINGS
+@given(name=st.text(min_size=1, max_size=30).filter(lambda s: "/" not in s and s.strip() and "?" not in s and "#" not in s),
+       path=st.one_of(st.none(), st.text(max_size=60)), method=st.sampled_from(["POST", "DELETE"]))
+def test_admin_endpoints_with_a_key_never_5xx(fuzz_engine, name, path, method):
+    """Admin fuzz with a valid key: arbitrary names and paths are 200/404/409/422, never 5xx."""
+    from urllib.parse import quote
+
+    engine = fuzz_engine
+    url = f"/admin/adapters/{quote(name, safe='')}" + ("/load" if method == "POST" else "")
+    kw = {"json": {"path": path}} if method == "POST" and path is not None else {}
+    r = _send(engine, method, url, **kw)
+    assert r.status_code < 500, (r.status_code, r.text[:200])
+    if r.status_code >= 400:
+        assert r.json()["error"]
