@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=100)
     ap.add_argument("--languages", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoints", action="store_true",
+                    help="also score unfinished language adapters from STORE/.checkpoints (their best dev step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from madx.backbone import load_backbone
@@ -43,9 +45,26 @@ def main() -> None:
     entries = read_manifest(args.store)["adapters"]
     adapters = sorted(n for n, e in entries.items() if e.get("kind") == "language")
     load_store(model, args.store, adapters)
+    steps = {n: "finished" for n in adapters}
+    if args.checkpoints:
+        from madx.config import AdapterConfig
+
+        for ck in sorted((args.store / ".checkpoints").glob("*-seed0.pt")):
+            name = ck.name.removesuffix("-seed0.pt")
+            state = torch.load(ck, weights_only=True)
+            if name in adapters or state["identity"].get("command") != "lang":
+                continue
+            params = state["best"]["params"] if state.get("best") else state["params"]
+            mod = model.add_adapter(AdapterConfig.language(name, reduction_factor=2,
+                                                           invertible=not name.endswith("-noinv")))
+            mod.load_state_dict(params)
+            adapters.append(name)
+            entries[name] = {"metrics": {"language": name.split("-")[0]}}
+            steps[name] = f"checkpoint: best dev at step {state['best']['step'] if state.get('best') else state['step']}" \
+                          f" of {state['step']}"
     model.eval()
     rows = args.languages or sorted({entries[n].get("metrics", {}).get("language", n) for n in adapters})
-    out = {"adapters": adapters, "languages": rows, "cells": {}}
+    out = {"adapters": adapters, "languages": rows, "trained": steps, "cells": {}}
     for lang in rows:
         lines = corpus.sample(corpus.load(lang).heldout, args.lines, seed=5)
         batches = fixed_mlm_batches(tok, lines, 128, seed=13)

@@ -65,6 +65,7 @@ class Control:
         self.ops: list[tuple[int, dict[str, Any]]] = []
         self.snapshots: dict[str, tuple[float, str]] = {}
         self.applied: dict[str, int] = {}  # replica -> last control version it applied
+        self.failed: dict[str, dict[int, str]] = {}  # replica -> {version: why it could not apply that op}
 
     def record(self, op: dict[str, Any]) -> int:
         self.version += 1
@@ -74,9 +75,11 @@ class Control:
     def since(self, version: int) -> list[tuple[int, dict[str, Any]]]:
         return [(v, op) for v, op in self.ops if v > version]
 
-    def push_metrics(self, replica: str, text: str, version: int = 0) -> None:
+    def push_metrics(self, replica: str, text: str, version: int = 0, failed: dict[int, str] | None = None) -> None:
         self.snapshots[replica] = (time.time(), text)
         self.applied[replica] = version
+        if failed:
+            self.failed.setdefault(replica, {}).update(failed)
 
     def _live(self) -> list[str]:
         now = time.time()
@@ -85,9 +88,11 @@ class Control:
     def metrics_texts(self) -> list[str]:
         return [self.snapshots[r][1] for r in self._live()]
 
-    def progress(self, version: int) -> dict[str, int]:
+    def progress(self, version: int) -> dict[str, Any]:
         live = self._live()
-        return {"live": len(live), "applied": sum(self.applied.get(r, 0) >= version for r in live)}
+        failed = {r: self.failed[r][version] for r in live if version in self.failed.get(r, {})}
+        return {"live": len(live), "applied": sum(self.applied.get(r, 0) >= version for r in live) - len(failed),
+                "failed": failed}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)
@@ -108,17 +113,29 @@ class Backbone:
         self.engine.m.info.labels(rid, node, str(os.getpid())).set(1)
         self.control = control
         self.version = 0
+        self.failed: dict[int, str] = {}  # ops of the control log this replica could not apply
         self._sync = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def sync_once(self) -> None:
+        """Apply the control log's new ops. An op this replica cannot apply is recorded (reported to the
+        admin call and in /metrics) and makes the replica unhealthy, so Serve replaces it with one that
+        starts from the store and the log; it is never retried forever, never skipped silently."""
+        for v, op in await self.control.since.remote(self.version):
+            if op.get("origin") != self.replica:
+                try:
+                    await self._apply(op)
+                except Exception as e:  # noqa: BLE001 - any failure: recorded, reported, unhealthy
+                    msg = e.message if isinstance(e, RequestError) else f"{type(e).__name__}: {e}"
+                    self.failed[v] = msg[:500]
+                    log.error("replica %s could not apply control op %d %s: %s", self.replica, v, op, msg)
+            self.version = v
+        await self.control.push_metrics.remote(self.replica, self.engine.m.text(), self.version, self.failed)
 
     async def _sync_loop(self) -> None:
         while True:
             try:
-                for v, op in await self.control.since.remote(self.version):
-                    if op.get("origin") != self.replica:
-                        await _guard(self._apply(op))
-                    self.version = v
-                await self.control.push_metrics.remote(self.replica, self.engine.m.text(), self.version)
-            except Exception:  # noqa: BLE001 - keep syncing; Serve restarts the control replica if it died
+                await self.sync_once()
+            except Exception:  # noqa: BLE001 - the control replica is unreachable: Serve restarts it; retry
                 log.warning("control sync failed", exc_info=True)
             await asyncio.sleep(SYNC_S)
 
@@ -145,8 +162,12 @@ class Backbone:
         return res
 
     def check_health(self) -> None:
-        if not self.engine.ready or (self._sync.done() and self._sync.exception() is not None):
+        sync_died = self._sync.done() and (self._sync.cancelled() or self._sync.exception() is not None)
+        if not self.engine.ready or sync_died:
             raise RuntimeError("backbone replica is not healthy")
+        if self.failed:
+            raise RuntimeError(f"backbone replica could not apply admin ops {sorted(self.failed)}: it diverged from "
+                               f"the others and is replaced")
 
 
 class RayBackend:
@@ -190,6 +211,10 @@ class RayBackend:
                 break
             await asyncio.sleep(SYNC_S / 4)
         res["replicas"] = p
+        if p.get("failed"):  # applied on the replica that took the call, not on these: they are replaced
+            raise RequestError(502, f"{res.get('loaded') or res.get('unloaded')!r}: applied on {p['applied']} of "
+                                    f"{p['live']} replicas; {len(p['failed'])} could not apply it and are being "
+                                    f"replaced: {p['failed']}")
         return res
 
     async def admin_load(self, name, path):

@@ -7,6 +7,7 @@ deployment is a thin wrapper around it; tests drive it directly.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from .metrics import Metrics
 from .routing import RouteError, choose
 from .settings import Limits, Settings
 from .text import entities_from_words, split_words
+
+log = logging.getLogger("madx.serving")
 
 
 class RequestError(Exception):
@@ -388,6 +391,13 @@ class Engine:
         return {"unloaded": name}
 
     def _refresh_detector(self) -> None:
-        profiles = load_profiles(self.s.adapter_store)
-        self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+        """Rebuild the detector for the served languages. After an admin op has been applied, a profile
+        file that cannot be read keeps the previous detector (the op stands; a warning is logged)."""
+        try:
+            profiles = load_profiles(self.s.adapter_store)
+            self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+        except (OSError, ValueError) as e:
+            if not hasattr(self, "detector"):
+                raise ArtifactError(f"language profiles of {self.s.adapter_store}: {e}") from None
+            log.warning("language profiles could not be re-read (%s); keeping the previous detector", e)
 
