@@ -149,6 +149,14 @@ class Batcher:
         rows = [*self.queue, *(r for r in self._round if not r.future.done())]
         return {a for r in rows for a in r.stack.adapters} | {a for a, n in self.pinned.items() if n > 0}
 
+    def repin(self, name: str, kept_as: str) -> None:
+        """Rows already queued (or taken, not yet run) for ``name`` use ``kept_as`` instead: the version
+        they were admitted with (called on the model thread during a reload; list() copies atomically)."""
+        for r in [*list(self.queue), *list(self._round)]:
+            if name in r.stack.adapters:
+                r.stack = AdapterStack(kept_as if r.stack.language == name else r.stack.language,
+                                       kept_as if r.stack.task == name else r.stack.task)
+
     def pin(self, names) -> None:
         for a in names:
             self.pinned[a] = self.pinned.get(a, 0) + 1

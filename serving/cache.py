@@ -60,6 +60,10 @@ class AdapterCache:
         # unloaded while rows that were admitted with them may still be queued: no new request routes to
         # them, but they stay loaded until ``collect`` finds no queued row that needs them
         self.retired: dict[str, Entry] = {}
+        # a reload keeps the previous version under "<name>~<n>" for the rows admitted before it;
+        # ``repin(name, kept_as)`` (set by the engine) points those queued rows at it
+        self.repin = None
+        self._versions = 0
         self.device: OrderedDict[str, None] = OrderedDict()  # resident, least recently used first
         self.cpu: OrderedDict[str, tuple[AdapterConfig, dict[str, torch.Tensor]]] = OrderedDict()
         if not self.store.is_dir():
@@ -193,22 +197,45 @@ class AdapterCache:
                              {k: v.detach().clone() for k, v in self.model.adapters[name].state_dict().items()})
             elif name in self.cpu:
                 old_state = self.cpu[name]
-        self.admin_unload(name, missing_ok=True)
+        kept_as = None
+        if old is not None and name in self.model.configs and self.repin is not None and name in self.entries:
+            # the verified old version stays loaded under another name until no row admitted before
+            # this reload needs it (collect), so those rows finish with the version they were routed to
+            self._versions += 1
+            kept_as = f"{name}~{self._versions}"
+            self._rename(name, kept_as)
+            self.retired[kept_as] = self.entries.pop(name)
+        else:
+            self.admin_unload(name, missing_ok=True)
         try:
-            self._evict(keep={name}, room_for=1)
+            self._evict(keep={name, *([kept_as] if kept_as else [])}, room_for=1)
             install_weights(self.model, cfg, tensors, where=str(d))
         except Exception:
-            if old is not None:  # keep serving the previous version, from memory
+            if kept_as is not None:  # undo: the old version is the served one again
+                self.entries[name] = self.retired.pop(kept_as)
+                self._rename(kept_as, name)
+            elif old is not None:  # keep serving the previous version, from memory
                 self.entries[name] = old
                 if old_state is not None:
                     install_weights(self.model, old_state[0], old_state[1], where=f"previous {name}")
                     self.device[name] = None
             raise
+        if kept_as is not None:
+            self.repin(name, kept_as)
         self.device[name] = None
         self.entries[name] = entry
         self.refused.pop(name, None)
         self.m.resident.labels(self.m.replica).set(len(self.device))
         return entry
+
+    def _rename(self, name: str, new: str) -> None:
+        import dataclasses
+
+        self.model.adapters[new] = self.model.adapters.pop(name)
+        self.model.configs[new] = dataclasses.replace(self.model.configs.pop(name), name=new)
+        if name in self.device:
+            self.device[new] = None
+            del self.device[name]
 
     def admin_unload(self, name: str, missing_ok: bool = False, drain: bool = False) -> None:
         """Stop serving ``name``. With ``drain`` its weights stay until ``collect`` sees that no queued

@@ -117,6 +117,7 @@ class Engine:
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
                                b.policy, max_adapters=settings.cache.max_device_adapters)
         self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
+        self.cache.repin = self.batcher.repin  # rows admitted before a reload keep the version they were routed to
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="madx-prep")  # tokenising, off the event loop
         self.ready = True
 

@@ -246,3 +246,30 @@ def test_finding_11_cancelled_requests_release_their_queued_windows(make_engine,
         return queued, eng.batcher.queued, released() - before
     queued, after, count = run(go())
     assert queued > 0 and after == 0 and count == queued
+
+
+def test_finding_7_rows_queued_before_a_reload_keep_the_version_they_were_admitted_with(make_engine, store):
+    """A reload (here: 'sw' replaced by other weights) applies to new requests only."""
+    text = "Rais wa Kenya alizungumza na waandishi wa habari."
+    other = store / "sw-other"
+    shutil.copytree(store / "de", other)  # different weights, a valid language adapter
+    eng = make_engine(store=store, batching={"max_wait_ms": 300})
+    old = run(eng.ner([text], "sw", True))["results"][0]["tokens"]
+
+    async def go():
+        before = asyncio.ensure_future(eng.ner([text], "sw", True))
+        await asyncio.sleep(0.05)  # queued, waiting for its batch to fill
+        assert eng.batcher.queued
+        await eng.admin_load("sw", str(other))
+        after = asyncio.ensure_future(eng.ner([text], "sw", True))
+        out = await asyncio.gather(before, after)
+        for _ in range(200):  # the kept old version leaves once nothing needs it
+            if not eng.cache.retired:
+                break
+            await asyncio.sleep(0.01)
+        return out
+    before, after = run(go())
+    scores = lambda r: [t["score"] for t in r["results"][0]["tokens"]]  # noqa: E731
+    assert scores(before) == pytest.approx([t["score"] for t in old], abs=1e-5)  # the version it was admitted with
+    assert scores(after) != pytest.approx(scores(before), abs=1e-5)  # the new version
+    assert not eng.cache.retired and "sw" in eng.languages()
