@@ -140,7 +140,7 @@ def bench_http(seconds: int, users: int, port: int) -> dict:
 
         def locust(duration_s: int, *extra: str) -> None:
             # closed loop: each user sends as fast as it is answered
-            env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MADX_USER_RPS": "1000"}
+            env = {**os.environ, "RAY_AUTH_MODE": "token", "MADX_USER_RPS": "1000"}
             subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"), "--headless",
                             "-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--host", url, *extra,
                             "--only-summary", "--loglevel", "ERROR"], env=env, stdout=subprocess.DEVNULL, check=False)

@@ -54,6 +54,27 @@ def test_kuberay_rayservice_manifest():
         assert all("value" not in e for e in c.get("env", []) if e["name"] == "MADX_API_KEY")
 
 
+def test_the_ray_control_plane_is_authenticated_and_fenced():
+    """Issue 13 finding 16: token auth everywhere, and a NetworkPolicy in front of the control plane."""
+    m = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    rc = m["spec"]["rayClusterConfig"]
+    assert rc["authOptions"] == {"mode": "token"}
+    label = {"ray.io/cluster-name-prefix": "madx-serve"}
+    pods = [rc["headGroupSpec"]["template"], *(g["template"] for g in rc["workerGroupSpecs"])]
+    assert all(p["metadata"]["labels"] == label for p in pods)
+    np_ = yaml.safe_load((DEPLOY / "kuberay" / "networkpolicy.yaml").read_text())
+    assert (np_["kind"], np_["spec"]["podSelector"]["matchLabels"]) == ("NetworkPolicy", label)
+    open_rules = [r for r in np_["spec"]["ingress"] if "from" not in r]
+    assert [p["port"] for r in open_rules for p in r["ports"]] == [8000]  # only the HTTP API is open
+    fenced = [r for r in np_["spec"]["ingress"] if "from" in r]
+    assert fenced and all("ports" not in r for r in fenced)  # the rest only from this cluster and the operator
+    assert "RAY_AUTH_MODE=token" in (DEPLOY / "Dockerfile").read_text()
+    assert "RAY_AUTH_MODE=token" in (DEPLOY / "local_cluster.sh").read_text()
+    for f in [*DEPLOY.rglob("*"), Path(__file__).parents[1] / "serving" / "main.py"]:
+        if f.is_file():
+            assert "RAY_AUTH_MODE=disabled" not in f.read_text() and '"disabled")' not in f.read_text(), f
+
+
 def test_dockerfile_pins_torch_and_prepares_the_backbone():
     text = (DEPLOY / "Dockerfile").read_text()
     assert '"torch==2.13.0"' in text and "madx prepare-backbone" in text and "USER 1000" in text

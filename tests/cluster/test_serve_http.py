@@ -74,3 +74,17 @@ def test_admin_change_reaches_the_backbone(served):
     for _ in range(6):
         r = httpx.post(f"{u}/v1/ner", json={"text": "Hallo Welt", "language": "de"}, headers=h)
         assert r.json()["results"][0]["stack"]["language"] == "de"
+
+
+def test_the_ray_control_plane_refuses_requests_without_the_token(served):
+    """Issue 13 finding 16: RAY_AUTH_MODE=disabled was forced and the dashboard/job API answered anyone."""
+    import os
+    from pathlib import Path
+
+    token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").read_text().strip()
+    for path in ("/api/jobs/", "/api/version", "/api/cluster_status"):
+        assert httpx.get(served["dashboard"] + path, timeout=20).status_code == 401
+        assert httpx.get(served["dashboard"] + path, headers={"Authorization": "Bearer wrong"},
+                         timeout=20).status_code == 403
+        assert httpx.get(served["dashboard"] + path, headers={"Authorization": f"Bearer {token}"},
+                         timeout=20).status_code == 200
