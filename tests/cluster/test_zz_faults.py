@@ -24,6 +24,47 @@ def replicas(served) -> dict[str, int]:
     return {s["replica"]: int(s["pid"]) for s in replica_series(served)}
 
 
+def _locust(served, tmp_path, seconds: int):
+    env = {**os.environ, "MADX_API_KEY": served["headers"]["X-API-Key"], "MADX_USER_RPS": "3"}
+    prefix = tmp_path / "locust"
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless", "-u", "6",
+           "-r", "6", "-t", f"{seconds}s", "--host", served["url"], "--csv", str(prefix), "--only-summary",
+           "--loglevel", "ERROR"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), prefix
+
+
+def _summary(prefix):
+    agg = [r for r in csv.DictReader(open(f"{prefix}_stats.csv")) if r["Name"] == "Aggregated"][0]
+    return int(agg["Request Count"]), int(agg["Failure Count"]), open(f"{prefix}_failures.csv").read()
+
+
+def test_unload_reload_and_a_corrupt_adapter_during_load_fail_no_request(served, tmp_path):
+    """Issue 13: unload and reload under locust load, then a reload over a corrupted file: 0 failed
+    user requests; the corrupt reload is refused (422) and the verified copy keeps serving."""
+    import httpx
+
+    loc, prefix = _locust(served, tmp_path, 25)
+    h, url = served["headers"], served["url"]
+    time.sleep(5)
+    assert httpx.delete(f"{url}/admin/adapters/sw", headers=h, timeout=60).status_code == 200
+    time.sleep(3)
+    assert httpx.post(f"{url}/admin/adapters/sw/load", headers=h, timeout=60).status_code == 200
+    time.sleep(3)
+    w = served["store"] / "sw" / "adapter.safetensors"
+    good = w.read_bytes()
+    try:
+        w.write_bytes(good[:-64] + b"\0" * 64)
+        r = httpx.post(f"{url}/admin/adapters/sw/load", headers=h, timeout=60)
+        assert r.status_code == 422 and "sha256" in r.json()["error"], r.text
+    finally:
+        w.write_bytes(good)
+    loc.wait(timeout=120)
+    count, failures, detail = _summary(prefix)
+    assert count >= 50 and failures == 0, detail
+    r = httpx.post(f"{url}/v1/ner", json={"text": "Rais wa Kenya.", "language": "sw"}, headers=h, timeout=60)
+    assert r.json()["results"][0]["stack"]["language"] == "sw"
+
+
 def test_killed_replica_is_replaced_and_no_request_fails(served, tmp_path):
     before = replicas(served)
     assert len(before) == 2
