@@ -37,16 +37,12 @@ if [ "$WHAT" != eval ]; then
   QA=(--task qa --train "$TY/train/tydiqa.goldp.en.train.json" "$D/qa/squad_v1.1/dev-v1.1.json.zip"
       --exclude-squad "$X/xquad.en.json" --epochs 1 --batch-size 16 --max-len 384 --reduction-factor 4 --lr 1e-3
       --dev-fraction 0.05 --dev-max 300 --eval-every 200 --patience 4 --checkpoint-every 50)
-  for s in $SEEDS; do
-    for row in "taskonly -" "noinv en-noinv" "madx en" "v2 en-v2"; do
-      set -- $row
-      task "ner-$1-s$s" "$s" "$2" "${NER[@]}"
-    done
-  done
-  for s in $SEEDS; do
-    for row in "taskonly -" "noinv en-noinv" "madx en" "v2 en-v2"; do
-      set -- $row
-      task "qa-$1-s$s" "$s" "$2" "${QA[@]}"
+  for t in ner qa; do  # every NER adapter first (they are the cheaper ones)
+    for s in $SEEDS; do
+      for row in "taskonly -" "noinv en-noinv" "madx en" "v2 en-v2"; do
+        set -- $row
+        if [ $t = ner ]; then task "ner-$1-s$s" "$s" "$2" "${NER[@]}"; else task "qa-$1-s$s" "$s" "$2" "${QA[@]}"; fi
+      done
     done
   done
 fi

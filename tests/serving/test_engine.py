@@ -342,14 +342,18 @@ ROUTING = {"evidence": {"sw": {"ner": {"measured_on": "sw", "metric": "F1",
            "default": {"ner": {"route": "english", "over": ["yo", "ig"], "scores": {"english": 30.0, "task_only": 29.0}}}}
 
 
-@pytest.fixture
-def routed_engine(make_engine, tiny_store, tmp_path):
+def routed_store(tiny_store, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
     m = json.loads((store / "manifest.json").read_text())
     m["routing"] = ROUTING
     (store / "manifest.json").write_text(json.dumps(m))
-    return make_engine(store=store)
+    return store
+
+
+@pytest.fixture
+def routed_engine(make_engine, tiny_store, tmp_path):
+    return make_engine(store=routed_store(tiny_store, tmp_path))
 
 
 @pytest.mark.parametrize("language, route, stacks, fallback", [
@@ -384,11 +388,6 @@ def test_an_ensemble_is_the_mean_of_its_stacks_in_one_batch(routed_engine):
 
 
 def test_overrides_win_over_evidence(make_engine, tiny_store, tmp_path):
-    store = tmp_path / "store"
-    shutil.copytree(tiny_store, store)
-    m = json.loads((store / "manifest.json").read_text())
-    m["routing"] = ROUTING
-    (store / "manifest.json").write_text(json.dumps(m))
-    eng = make_engine(store=store, routing={"overrides": {"sw:ner": "madx", "de": "related:sw"}})
+    eng = make_engine(store=routed_store(tiny_store, tmp_path), routing={"overrides": {"sw:ner": "madx", "de": "related:sw"}})
     assert eng.route("ner", "sw", "x").name == "madx" and "override" in eng.route("ner", "sw", "x").reason
     assert eng.route("ner", "de", "x").stack == AdapterStack("sw", "ner")

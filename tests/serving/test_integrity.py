@@ -22,6 +22,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def drained(eng, seconds: float = 2.0) -> None:
+    """Wait (on the engine's loop) until the batcher has dropped every draining adapter version."""
+    for _ in range(int(seconds / 0.01)):
+        if not eng.cache.retired:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 def store(tiny_store, tmp_path):
     s = tmp_path / "store"
@@ -158,10 +166,7 @@ def test_finding_5_unload_under_load_fails_no_request(make_engine, store):
         await asyncio.sleep(0)  # every request is routed and queued before the unload runs
         unload = asyncio.ensure_future(eng.admin_unload("sw"))
         out = await asyncio.gather(*tasks, return_exceptions=True), await unload
-        for _ in range(200):  # the batcher drops the drained adapter after its round
-            if not eng.cache.retired:
-                break
-            await asyncio.sleep(0.01)
+        await drained(eng)  # the batcher drops the drained adapter after its round
         return out
     results, _ = run(go())
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -263,10 +268,7 @@ def test_finding_7_rows_queued_before_a_reload_keep_the_version_they_were_admitt
         await eng.admin_load("sw", str(other))
         after = asyncio.ensure_future(eng.ner([text], "sw", True))
         out = await asyncio.gather(before, after)
-        for _ in range(200):  # the kept old version leaves once nothing needs it
-            if not eng.cache.retired:
-                break
-            await asyncio.sleep(0.01)
+        await drained(eng)  # the kept old version leaves once nothing needs it
         return out
     before, after = run(go())
     scores = lambda r: [t["score"] for t in r["results"][0]["tokens"]]  # noqa: E731
