@@ -125,21 +125,21 @@ class Batcher:
             raise
 
     def _take(self) -> list[Row]:
-        """This round's rows: round-robin over the queued requests, at most ``round_rows``. A request
-        with 1 000 windows then shares each round with the others instead of holding the model for
-        all of its windows first."""
-        if len(self.queue) <= self.round_rows:
-            out = list(self.queue)
-            self.queue.clear()
-            return out
+        """This round's rows: round-robin over the queued requests, at most ``round_rows`` rows and about
+        two passes of tokens (``2 x max_batch_tokens``). A request with 1 000 windows then shares each
+        round with the others, and a new small request waits at most for the round in progress."""
+        budget = 2 * self.max_tokens
         by: dict[int, deque[Row]] = {}
         for r in self.queue:
             by.setdefault(r.request, deque()).append(r)
         out: list[Row] = []
-        while len(out) < self.round_rows:
+        tokens = 0
+        while len(out) < min(self.round_rows, len(self.queue)) and (not out or tokens < budget):
             for q in list(by.values()):
-                if q and len(out) < self.round_rows:
-                    out.append(q.popleft())
+                if q and len(out) < self.round_rows and (not out or tokens < budget):
+                    r = q.popleft()
+                    out.append(r)
+                    tokens += len(r.ids)
         taken = {id(r) for r in out}
         self.queue = deque(r for r in self.queue if id(r) not in taken)
         return out

@@ -128,7 +128,8 @@ class Engine:
         bb = backbone or load_backbone(settings.backbone)
         if bb.tokenizer is None:
             raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
-        self.tok = bb.tokenizer
+        self.tok = bb.tokenizer  # used on the prep thread only (see _ner_prep)
+        self.pad_id = bb.tokenizer.pad_token_id
         self.threads = torch.get_num_threads()  # the compute thread's (a per-thread OpenMP setting)
         self.device = pick_device(settings.device)
         self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
@@ -236,7 +237,7 @@ class Engine:
     # ------------------------------------------------------------------ model thread
     def _run(self, seqs: list[list[int]], stacks: list[AdapterStack]) -> list[np.ndarray]:
         self.cache.ensure({a for s in stacks for a in s.adapters})
-        ids = pad(seqs, self.tok.pad_token_id).to(self.device)
+        ids = pad(seqs, self.pad_id).to(self.device)
         lens = torch.tensor([len(s) for s in seqs], device=self.device)
         mask = (torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]).long()
         with torch.inference_mode():
@@ -275,7 +276,8 @@ class Engine:
 
     async def _ner(self, texts: list[str], routes: list[Route], return_tokens: bool) -> dict[str, Any]:
         try:  # tokenising 64 x 20 000 characters takes seconds: off the event loop (one prep thread)
-            words, feats = await asyncio.get_running_loop().run_in_executor(self._prep, self._ner_prep, texts)
+            words, feats, pieces = await asyncio.get_running_loop().run_in_executor(self._prep, self._ner_prep, texts,
+                                                                                   return_tokens)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
         self._admit_windows(sum(len(r.all_stacks) for r in (routes[f.sentence] for f in feats)))
@@ -284,11 +286,11 @@ class Engine:
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
         windows = [0] * len(texts)
         tokens: list[list[dict]] = [[] for _ in texts]
-        for f, lg in zip(feats, logits, strict=True):
+        for fi, (f, lg) in enumerate(zip(feats, logits, strict=True)):
             per_text[f.sentence].update(word_predictions(f.word_ids, lg))
             windows[f.sentence] += 1
             if return_tokens:
-                tokens[f.sentence].extend(self._tokens(f, lg, texts[f.sentence], labels))
+                tokens[f.sentence].extend(self._tokens(f, pieces[fi], lg, texts[f.sentence], labels))
         results = []
         for i, t in enumerate(texts):
             preds = per_text[i]
@@ -304,11 +306,14 @@ class Engine:
         if self.cache.retired:  # this request may have been the last one a draining adapter waited for
             asyncio.ensure_future(self.batcher.call(self.cache.collect, self.batcher.adapters_in_use()))
 
-    def _ner_prep(self, texts: list[str]):
+    def _ner_prep(self, texts: list[str], pieces: bool = False):
+        """On the prep thread: every use of the tokenizer happens there (it must not be used from two
+        threads at once: "Already borrowed")."""
         words = [split_words(t) for t in texts]
         feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
                              self.ner_window, skip_empty=True)
-        return words, feats
+        names = [self.tok.convert_ids_to_tokens(f.input_ids) for f in feats] if pieces else [None] * len(feats)
+        return words, feats, names
 
     def _admit_windows(self, n: int) -> None:
         """The exact window count (x the stacks of an ensemble) is known before anything is queued."""
@@ -317,7 +322,7 @@ class Engine:
             raise RequestError(413, f"the request needs {n} model windows; the limit is {lim} (limits.max_windows): "
                                     f"send fewer or shorter texts per request")
 
-    def _tokens(self, f, lg: np.ndarray, text: str, labels) -> list[dict]:
+    def _tokens(self, f, pieces: list[str], lg: np.ndarray, text: str, labels) -> list[dict]:
         """Each sub-word that carries characters, with its own label and its own character span
         (bare ``▁`` pieces carry none and are left out)."""
         probs = softmax(lg)  # numpy: no torch on the event loop thread (serving/compute.py)
@@ -326,7 +331,7 @@ class Engine:
         for t, span in enumerate(f.spans):
             if span is None:
                 continue
-            out.append({"token": self.tok.convert_ids_to_tokens(f.input_ids[t]), "label": labels[int(best[t])],
+            out.append({"token": pieces[t], "label": labels[int(best[t])],
                         "start": span[0], "end": span[1], "text": text[span[0]:span[1]],
                         "score": round(float(p[t]), 4)})
         return out
@@ -345,7 +350,8 @@ class Engine:
             self._unpin(pinned)
 
     async def _qa(self, question: str, context: str, route: Route, top_k: int, max_answer_tokens: int) -> dict[str, Any]:
-        q_tokens = len(self.tok(question, add_special_tokens=False)["input_ids"])
+        q_tokens = await asyncio.get_running_loop().run_in_executor(
+            self._prep, lambda: len(self.tok(question, add_special_tokens=False)["input_ids"]))
         room = self.qa_window - q_tokens - 4  # context tokens per window (4 special tokens)
         if room < 32:
             raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window it must stay "
