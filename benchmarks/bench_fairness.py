@@ -5,7 +5,8 @@
 One engine (embedded backbone, shipped store). A big NER request (``--big-texts`` texts of ~1 500
 characters each, hundreds of windows) is submitted, then one small NER request (one sentence) every
 100 ms until the big one is done. Reported: the small requests' p50/p99/max latency and the big
-request's latency, with today's round-robin rounds (``round_rows`` = 2 x max_batch_rows) and with the
+request's latency, with today's rounds (round-robin over requests, at most 2 x max_batch_rows rows and
+2 x max_batch_tokens tokens) and with the
 old behaviour (every round takes the whole queue), in one run, interleaved.
 """
 
@@ -58,12 +59,12 @@ def main() -> None:
     from serving.settings import load_settings
 
     engine = Engine(load_settings(env={}))
-    fair_rows = engine.batcher.round_rows
+    fair = (engine.batcher.round_rows, engine.batcher.round_tokens)
     asyncio.run(engine.ner(["warm up"], "en"))
     runs: dict[str, list[dict]] = {"round-robin rounds (now)": [], "whole queue per round (before)": []}
     for _ in range(args.repeats):
-        for name, rows in (("round-robin rounds (now)", fair_rows), ("whole queue per round (before)", 10**9)):
-            engine.batcher.round_rows = rows
+        for name, (rows, toks) in (("round-robin rounds (now)", fair), ("whole queue per round (before)", (10**9, 10**12))):
+            engine.batcher.round_rows, engine.batcher.round_tokens = rows, toks
             runs[name].append(asyncio.run(scenario(engine, args.big_texts)))
             print(name, runs[name][-1], flush=True)
     out = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for name, rs in runs.items()}

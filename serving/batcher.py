@@ -75,6 +75,7 @@ class Batcher:
         self.on_idle: Callable[[set[str]], None] | None = None  # after each round: adapters still needed
         self._round: list[Row] = []  # rows taken from the queue whose pass has not finished
         self.round_rows = 2 * max_batch_rows  # rows one round takes (round-robin over requests)
+        self.round_tokens = 2 * max_batch_tokens  # and about this many tokens: two passes
         self.pinned: dict[str, int] = {}  # adapters routed to by requests still being prepared
         self._requests = 0
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
@@ -128,7 +129,7 @@ class Batcher:
         """This round's rows: round-robin over the queued requests, at most ``round_rows`` rows and about
         two passes of tokens (``2 x max_batch_tokens``). A request with 1 000 windows then shares each
         round with the others, and a new small request waits at most for the round in progress."""
-        budget = 2 * self.max_tokens
+        budget = self.round_tokens
         by: dict[int, deque[Row]] = {}
         for r in self.queue:
             by.setdefault(r.request, deque()).append(r)
