@@ -64,13 +64,13 @@ def test_admin_change_reaches_the_backbone(served):
     u, h = served["url"], served["headers"]
     r = httpx.delete(f"{u}/admin/adapters/de", headers=h, timeout=30)
     assert r.status_code == 200 and r.json()["version"] >= 1
-    assert r.json()["replicas"] == {"live": 2, "applied": 2}  # returned once every replica has it
+    assert r.json()["replicas"] == {"live": 2, "applied": 2, "failed": {}}  # returned once every replica has it
     for _ in range(6):  # whichever replica answers
         assert "de" not in httpx.get(f"{u}/v1/adapters", headers=h).json()["languages"]
         r = httpx.post(f"{u}/v1/ner", json={"text": "Hallo Welt", "language": "de"}, headers=h)
         assert r.json()["results"][0]["fallback"] == "task_only"
     r = httpx.post(f"{u}/admin/adapters/de/load", headers=h, timeout=30)
-    assert r.status_code == 200 and r.json()["replicas"] == {"live": 2, "applied": 2}
+    assert r.status_code == 200 and r.json()["replicas"] == {"live": 2, "applied": 2, "failed": {}}
     for _ in range(6):
         r = httpx.post(f"{u}/v1/ner", json={"text": "Hallo Welt", "language": "de"}, headers=h)
         assert r.json()["results"][0]["stack"]["language"] == "de"
