@@ -42,12 +42,12 @@ def main(argv=None) -> int:
     print("| text | language | route | entities (`text`, label, start–end, score) |\n|---|---|---|---|")
     for text, r in zip(NER, res, strict=True):
         lang = f"{r['language']} ({r['language_source']}, {r['detection_confidence']})"
-        route = f"{r['stack']['language'] or '–'}+{r['stack']['task']}" + (f" ({r['fallback']})" if r["fallback"] else "")
+        route = f"{r['stack']['language'] or '–'}+{r['stack']['task']} ({r['route']})"
         ents = " · ".join(f"{e['text']} {e['label']} {e['start']}–{e['end']} {e['score']:.2f}" for e in r["entities"])
         print(f"| {text} | {lang} | {route} | {ents or '(none)'} |")
     print(f"\nContext: {QA_CONTEXT}\n\n| question | answer (score) | second answer (score) |\n|---|---|---|")
     for q in QUESTIONS:
-        a = c.qa(q, QA_CONTEXT, top_k=2)
+        a = c.qa(q, QA_CONTEXT, top_k=2)["answers"]
         cells = [f"{x['text']} ({x['score']:.2f})" for x in a] + ["–"] * (2 - len(a))
         print(f"| {q} | {cells[0]} | {cells[1]} |")
     return 0
