@@ -75,14 +75,6 @@ def backbone_identity(model: MadxModel) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- single artifact
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_adapter(model: MadxModel, name: str, directory: str | Path,
                  training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write one loaded adapter as an artifact directory (atomic per file). ``dtype`` (e.g.

@@ -48,28 +48,19 @@ class MaskedStates:
         return self.hidden[m], self.labels[m]
 
 
-def chunk_ids(tokenizer, lines: Sequence[str], max_len: int) -> list[list[int]]:
-    room = max_len - 2
-    out: list[list[int]] = []
-    for start in range(0, len(lines), 1000):
-        for ids in tokenizer(list(lines[start:start + 1000]), add_special_tokens=False)["input_ids"]:
-            out.extend(ids[i:i + room] for i in range(0, len(ids), room) if ids[i:i + room])
-    return out
-
-
 @torch.no_grad()
 def masked_states(model: MadxModel, tokenizer, texts: dict[str, Sequence[str]], max_len: int = 128,
                   seed: int = 0, batch_size: int = 32, stack: AdapterStack | None = None,
                   progress: bool = True) -> MaskedStates:
     """BERT-mask every chunk of each language's lines once (seeded) and keep the hidden states at
     the masked positions, with the invertible adapter's inverse applied as before the head."""
-    from .train import pad
+    from .train import mlm_chunks, pad
 
     specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     model.eval()
     hs, ys, ls = [], [], []
     langs = tuple(texts)
-    work = [(li, c) for li, code in enumerate(langs) for c in chunk_ids(tokenizer, texts[code], max_len)]
+    work = [(li, c) for li, code in enumerate(langs) for c in mlm_chunks(tokenizer, texts[code], max_len)]
     work.sort(key=lambda w: len(w[1]))  # similar lengths share a batch: little padding
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=sum(len(c) for _, c in work), desc="masked states", unit="tok", disable=not progress)

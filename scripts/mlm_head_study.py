@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from madx import corpus
-from madx.head_fit import HeadFitConfig, chunk_ids, fit_head, masked_states, score_head, unigram_score
+from madx.head_fit import HeadFitConfig, fit_head, masked_states, score_head, unigram_score
+from madx.train import mlm_chunks
 
 
 def budget(lines, chars: int) -> list[str]:
@@ -62,7 +63,7 @@ def main() -> None:
             texts_held[c] = corpus.sample(s.heldout, args.heldout, seed=2)
             print(f"{c}: {len(texts_train[c])} train lines, {len(texts_dev[c])} dev, {len(texts_held[c])} held out",
                   flush=True)
-        unigram = {c: Counter(i for ch in chunk_ids(tok, texts_train[c], 128) for i in ch) for c in codes}
+        unigram = {c: Counter(i for ch in mlm_chunks(tok, texts_train[c], 128) for i in ch) for c in codes}
         train = masked_states(model, tok, texts_train, seed=0)
         dev = masked_states(model, tok, texts_dev, seed=1)
         held = masked_states(model, tok, texts_held, seed=2)

@@ -181,23 +181,13 @@ class AdapterCache:
         check_backbone(self.model, meta, cfg, d)
         if cfg.name != name:
             cfg = type(cfg)(name, cfg.kind, cfg.bottleneck, cfg.invertible, cfg.head)
-        if path is not None:
-            entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
-                          name if cfg.kind == "language" else None, sha, "admin")
-        else:
-            entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
-                          name if cfg.kind == "language" else None, sha, "store", base.trained_alone)
+        source, alone = ("admin", False) if path is not None else ("store", base.trained_alone)
+        entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
+                      name if cfg.kind == "language" else None, sha, source, alone)
         if validate is not None:
             validate(entry, cfg)
         old = self.entries.get(name) or self.retired.get(name)
-        old_state = None
-        if old is not None:
-            if name in self.model.configs:  # the verified in-memory copy, kept until the new one is in
-                old_state = (self.model.configs[name],
-                             {k: v.detach().clone() for k, v in self.model.adapters[name].state_dict().items()})
-            elif name in self.cpu:
-                old_state = self.cpu[name]
-        kept_as = None
+        kept_as, old_state = None, None
         if old is not None and name in self.model.configs and self.repin is not None and name in self.entries:
             # the verified old version stays loaded under another name until no row admitted before
             # this reload needs it (collect), so those rows finish with the version they were routed to
@@ -206,6 +196,11 @@ class AdapterCache:
             self._rename(name, kept_as)
             self.retired[kept_as] = self.entries.pop(name)
         else:
+            if old is not None and name in self.model.configs:  # the verified in-memory copy, for a rollback
+                old_state = (self.model.configs[name],
+                             {k: v.detach().clone() for k, v in self.model.adapters[name].state_dict().items()})
+            elif old is not None and name in self.cpu:
+                old_state = self.cpu[name]
             self.admin_unload(name, missing_ok=True)
         try:
             self._evict(keep={name, *([kept_as] if kept_as else [])}, room_for=1)

@@ -254,6 +254,7 @@ class Engine:
                 flat_ids.append(ids)
                 flat_stacks.append(st)
                 owner.append(i)
+        self._admit_windows(len(flat_ids))  # the exact count (x an ensemble's stacks), before anything is queued
         out = await self.batcher.submit(flat_ids, flat_stacks) if flat_ids else []
         if len(out) == len(seqs):
             return out
@@ -280,7 +281,6 @@ class Engine:
                                                                                    return_tokens)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
-        self._admit_windows(sum(len(r.all_stacks) for r in (routes[f.sentence] for f in feats)))
         logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
         labels = self.model.configs[routes[0].stack.task].head.labels
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
@@ -316,7 +316,7 @@ class Engine:
         return words, feats, names
 
     def _admit_windows(self, n: int) -> None:
-        """The exact window count (x the stacks of an ensemble) is known before anything is queued."""
+        """Refuse a request over limits.max_windows before any of its windows is queued."""
         lim = self.s.limits.max_windows
         if n > lim:
             raise RequestError(413, f"the request needs {n} model windows; the limit is {lim} (limits.max_windows): "
@@ -364,7 +364,6 @@ class Engine:
         if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
-        self._admit_windows(len(wins) * len(route.all_stacks))
         logits = await self._forward([w.input_ids for w in wins], [route] * len(wins))
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)
