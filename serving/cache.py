@@ -151,6 +151,8 @@ class AdapterCache:
     def admin_path(self, path: str) -> Path:
         """An admin ``path`` inside an allowed root. Outside, the answer is the same whether or not the
         directory exists (nothing about the file system is disclosed)."""
+        if "\0" in path:  # the OS cannot even look it up (resolve() would raise ValueError)
+            raise ArtifactError("path contains a NUL character; it cannot name a directory")
         p = Path(path)
         resolved = (self.store / p).resolve() if not p.is_absolute() else p.resolve()
         if not any(resolved.is_relative_to(r) for r in self.admin_roots):

@@ -140,6 +140,9 @@ def test_finding_13_weights_are_parsed_from_the_bytes_that_were_hashed(make_engi
 def test_finding_14_admin_paths_outside_the_roots_disclose_nothing(make_engine, store, tmp_path):
     eng = make_engine(store=store)
     msgs = set()
+    with pytest.raises(RequestError) as e:  # found by the admin fuzz: was a 500 (ValueError from resolve())
+        run(eng.admin_load("sw", "sw\0x"))
+    assert e.value.status == 422 and "NUL" in e.value.message
     for p in ("/etc", "/nonexistent/dir", str(tmp_path), "../../.."):
         with pytest.raises(RequestError) as e:
             run(eng.admin_load("sw", p))
