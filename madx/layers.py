@@ -87,6 +87,27 @@ class TaskHead(nn.Module):
         return self.proj(self.dropout(h))
 
 
+def layer_bank(layers: nn.ModuleDict, num_layers: int, width: int) -> tuple[torch.Tensor, ...]:
+    """The bottlenecks of every layer stacked, zero-padded to ``width`` units: down (L, H, width),
+    down bias (L, 1, width), up (L, width, H), up bias (L, 1, H). A left-out layer is all zeros and so
+    adds exactly 0, like an absent adapter; padded units are 0 before and after the activation
+    (relu, gelu, tanh and silu all map 0 to 0), so the padded product is exact."""
+    ref = next(iter(layers.values())).down.weight
+    H = ref.shape[1]
+    wd = ref.new_zeros(num_layers, H, width)
+    bd = ref.new_zeros(num_layers, 1, width)
+    wu = ref.new_zeros(num_layers, width, H)
+    bu = ref.new_zeros(num_layers, 1, H)
+    with torch.no_grad():
+        for key, b in layers.items():
+            i, d = int(key), b.down.out_features
+            wd[i, :, :d] = b.down.weight.T
+            bd[i, 0, :d] = b.down.bias
+            wu[i, :d] = b.up.weight.T
+            bu[i, 0] = b.up.bias
+    return wd, bd, wu, bu
+
+
 class LanguageAdapter(nn.Module):
     """Per-layer bottlenecks (keys are layer indices as strings) and an optional NICE block."""
 

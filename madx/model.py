@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig, AdapterStack
-from .layers import LanguageAdapter, TaskAdapter, masked_attention
+from .layers import LanguageAdapter, TaskAdapter, layer_bank, masked_attention
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
 
@@ -45,6 +45,17 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Gather:
+    """One stack position of a batch for the gathered kernel: every row's bottleneck weights are
+    gathered from a bank of the distinct adapters at that position, and each layer runs one batched
+    matmul pair for all rows, however many adapters the batch holds (``MadxModel.adapter_kernel``)."""
+
+    names: tuple[str | None, ...]  # bank entries; None = rows without an adapter here (zeros)
+    index: torch.Tensor  # (B,) long: stack-sorted row -> bank entry
+    width: int  # the widest bottleneck among them (narrower ones are zero-padded, exactly)
+
+
+@dataclass(frozen=True)
 class StackPlan:
     """How a batch of per-row stacks maps to grouped adapter calls.
 
@@ -60,6 +71,7 @@ class StackPlan:
     slots: tuple[tuple[Run, ...], ...]
     invertible: tuple[Run, ...]
     heads: tuple[Group, ...]
+    gathers: tuple[Gather | None, ...] = ()  # per slot, when the gathered kernel runs it (else runs)
 
 
 def _group(names: Sequence[str | None], device: torch.device) -> tuple[Group, ...]:
@@ -80,6 +92,13 @@ def _runs(names: Sequence[str | None]) -> tuple[Run, ...]:
         else:
             runs.append(Run(n, i, i + 1))
     return tuple(runs)
+
+
+def _call(mod: nn.Module, dtype: torch.dtype, z: torch.Tensor, **kw) -> torch.Tensor:
+    """``mod(z)`` in the module's ``dtype``, returned in z's dtype (a no-op cast when they agree)."""
+    if z.dtype == dtype:
+        return mod(z, **kw)
+    return mod(z.to(dtype), **kw).to(z.dtype)
 
 
 def _apply_runs(h: torch.Tensor, runs: tuple[Run, ...], fn) -> torch.Tensor:
@@ -117,6 +136,17 @@ class MadxModel(nn.Module):
         self.backbone.eval()
         self.adapters = nn.ModuleDict()
         self.configs: dict[str, AdapterConfig] = {}
+        # madx/precision.py may run the backbone in bf16/fp16/int8; adapters keep adapter_dtype
+        # (None: the backbone's) and every adapter call casts its input and output (_call).
+        self.backbone_dtype = "fp32"
+        self.adapter_dtype: torch.dtype | None = None
+        # "runs": one small matmul pair per run of rows sharing an adapter (fewest FLOPs; CPU).
+        # "gathered": per layer and stack position one batched matmul pair over all rows, with each
+        # row's weights gathered from a bank (a fixed number of kernels however many stacks: GPU).
+        # "auto": gathered on CUDA when a position holds more than gather_min_adapters adapters.
+        self.adapter_kernel = "runs"
+        self.gather_min_adapters = 4
+        self._banks: dict[tuple[str, int], tuple[tuple[int, ...], tuple[torch.Tensor, ...]]] = {}
 
     # ------------------------------------------------------------------ registry
     def add_adapter(self, cfg: AdapterConfig) -> nn.Module:
@@ -132,7 +162,7 @@ class MadxModel(nn.Module):
         if bad:
             raise ValueError(f"leave_out {bad} outside the backbone's layers 0..{self.num_layers - 1}")
         ref = next(self.backbone.parameters())
-        mod.to(device=ref.device, dtype=ref.dtype)
+        mod.to(device=ref.device, dtype=self.adapter_dtype or ref.dtype)
         mod.train(self.training)
         self.adapters[cfg.name] = mod
         self.configs[cfg.name] = cfg
@@ -142,6 +172,8 @@ class MadxModel(nn.Module):
         self._require(name)
         del self.adapters[name]
         del self.configs[name]
+        for k in [k for k in self._banks if k[0] == name]:
+            del self._banks[k]
 
     def _require(self, name: str, kind: str | None = None) -> AdapterConfig:
         cfg = self.configs.get(name)
@@ -174,7 +206,49 @@ class MadxModel(nn.Module):
             s.adapters[0] if s.adapters and self.adapters[s.adapters[0]].invertible is not None else None
             for s in srt
         ])
-        return StackPlan(stacks, order, inverse, slots, inv, _group([s.task for s in stacks], device))
+        gathers = tuple(self._gather([s.adapters[k] if k < len(s.adapters) else None for s in srt], device)
+                        for k in range(depth)) if self._use_gathered(slots) else ()
+        return StackPlan(stacks, order, inverse, slots, inv, _group([s.task for s in stacks], device), gathers)
+
+    def _use_gathered(self, slots: tuple[tuple[Run, ...], ...]) -> bool:
+        if self.training or self.adapter_kernel == "runs":
+            return False
+        if self.adapter_kernel == "gathered":
+            return True
+        on_gpu = next(self.backbone.parameters()).device.type == "cuda"
+        return on_gpu and any(len({r.name for r in runs}) > self.gather_min_adapters for runs in slots)
+
+    def _gather(self, names: list[str | None], device: torch.device) -> Gather | None:
+        """None (this position keeps runs) when its adapters differ in activation or dtype."""
+        bank = list(dict.fromkeys(names))
+        mods = [self.adapters[n] for n in bank if n is not None]
+        if not mods or any(not m.layers for m in mods):
+            return None
+        first = [next(iter(m.layers.values())) for m in mods]
+        if len({type(b.act) for b in first}) > 1 or len({b.down.weight.dtype for b in first}) > 1:
+            return None
+        pos = {n: i for i, n in enumerate(bank)}
+        return Gather(tuple(bank), torch.tensor([pos[n] for n in names], dtype=torch.long, device=device),
+                      max(b.down.out_features for b in first))
+
+    def _bank(self, name: str, width: int) -> tuple[torch.Tensor, ...]:
+        """An adapter's stacked layers (layers.layer_bank), rebuilt when its weights change in place."""
+        mod = self.adapters[name]
+        version = tuple(p._version for p in mod.layers.parameters())
+        hit = self._banks.get((name, width))
+        if hit is None or hit[0] != version:
+            hit = (version, layer_bank(mod.layers, self.num_layers, width))
+            self._banks[(name, width)] = hit
+        return hit[1]
+
+    def _slot_bank(self, g: Gather) -> tuple[tuple[torch.Tensor, ...], nn.Module]:
+        """(down, down bias, up, up bias) of shape (A, L, ...) for the bank entries, and the activation."""
+        banks = [self._bank(n, g.width) if n is not None else None for n in g.names]
+        real = next(b for b in banks if b is not None)
+        parts = tuple(torch.stack([b[i] if b is not None else torch.zeros_like(real[i]) for b in banks])
+                      for i in range(4))
+        act = next(iter(self.adapters[next(n for n in g.names if n is not None)].layers.values())).act
+        return parts, act
 
     # ------------------------------------------------------------------ forward
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -194,13 +268,18 @@ class MadxModel(nn.Module):
             h, keep = h.index_select(0, plan.order), keep.index_select(0, plan.order)
         h = self._apply_invertible(h, plan, reverse=False)
         keep = None if bool(keep.all()) else keep  # no padding: unmasked attention kernel
+        banks = [self._slot_bank(g) if g is not None else None for g in plan.gathers]
         for li, layer in enumerate(self.backbone.encoder.layer):
-            h = self._layer(layer, li, h, keep, plan)
+            h = self._layer(layer, li, h, keep, plan, banks)
         return h if plan.inverse is None else h.index_select(0, plan.inverse)
 
     def _apply_invertible(self, h: torch.Tensor, plan: StackPlan, reverse: bool) -> torch.Tensor:
         """h is in stack-sorted order."""
-        return _apply_runs(h, plan.invertible, lambda run, hs: self.adapters[run.name].invertible(hs, reverse=reverse))
+        def inv(run: Run, hs: torch.Tensor) -> torch.Tensor:
+            mod = self.adapters[run.name].invertible
+            return _call(mod, mod.F[0].weight.dtype, hs, reverse=reverse)
+
+        return _apply_runs(h, plan.invertible, inv)
 
     def invertible(self, hidden: torch.Tensor, stacks: Sequence[AdapterStack] | StackPlan,
                    reverse: bool = False) -> torch.Tensor:
@@ -213,7 +292,7 @@ class MadxModel(nn.Module):
         return out if plan.inverse is None else out.index_select(0, plan.inverse)
 
     def _layer(self, layer: nn.Module, li: int, h: torch.Tensor, keep: torch.Tensor | None,
-               plan: StackPlan) -> torch.Tensor:
+               plan: StackPlan, banks: list | None = None) -> torch.Tensor:
         B, T, H = h.shape
         sa, so = layer.attention.self, layer.attention.output
         nh, hd = self.num_heads, H // self.num_heads
@@ -236,10 +315,21 @@ class MadxModel(nn.Module):
             layers = self.adapters[run.name].layers
             if key not in layers:  # leave_out
                 return rs
-            return rs + layers[key](ln(rs + x[run.start:run.end]))
+            mod = layers[key]
+            return rs + _call(mod, mod.down.weight.dtype, ln(rs + x[run.start:run.end]))
 
-        for runs in plan.slots:
-            r = _apply_runs(r, runs, step)
+        for k, runs in enumerate(plan.slots):
+            bank = banks[k] if banks and k < len(banks) else None
+            if bank is None:
+                r = _apply_runs(r, runs, step)
+                continue
+            (wd, bd, wu, bu), act = bank  # (A, L, H, D), (A, L, 1, D), (A, L, D, H), (A, L, 1, H)
+            idx = plan.gathers[k].index  # (B,)
+            z = ln(r + x)  # (B, T, H)
+            zt = z.to(wd.dtype)
+            mid = act(torch.baddbmm(bd[:, li].index_select(0, idx), zt, wd[:, li].index_select(0, idx)))  # (B, T, D)
+            out = torch.baddbmm(bu[:, li].index_select(0, idx), mid, wu[:, li].index_select(0, idx))  # (B, T, H)
+            r = r + out.to(r.dtype)
         return ln(r + x)
 
     # ------------------------------------------------------------------ heads
@@ -250,10 +340,11 @@ class MadxModel(nn.Module):
         out: list[torch.Tensor | None] = [None] * hidden.shape[0]
         for g in plan.heads:
             head = self.adapters[g.name].head
+            dt = head.proj.weight.dtype
             if g.rows is None:
-                logits = head(hidden)
+                logits = head(hidden.to(dt))
                 return list(logits.unbind(0))
-            logits = head(hidden.index_select(0, g.rows))
+            logits = head(hidden.index_select(0, g.rows).to(dt))
             for j, row in enumerate(g.rows.tolist()):
                 out[row] = logits[j]
         return out

@@ -372,6 +372,12 @@ def cmd_eval(args) -> int:
     from .train import evaluate_ner, evaluate_qa
 
     model, tok = _setup(args)
+    if args.backbone_dtype != "fp32":
+        from .precision import FLOAT, set_backbone_dtype
+
+        set_backbone_dtype(model, args.backbone_dtype,
+                           FLOAT.get(args.backbone_dtype, torch.float32) if args.adapter_dtype == "backbone"
+                           else torch.float32)
     manifest = read_manifest(args.store)["adapters"]
     load_store(model, args.store, [args.task_adapter])
     task_type = model.configs[args.task_adapter].head.task_type
@@ -402,6 +408,7 @@ def cmd_eval(args) -> int:
             m = evaluate_qa(model, tok, stack, ex, args.max_len, args.stride, not args.no_progress, f"{lang}")
         m = {k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}
         row = {"row": args.row, "seed": args.seed_label, "task": task_type, "language": lang, "stack": str(stack),
+               "backbone_dtype": model.backbone_dtype,
                "test": str(path), "seconds": round(time.monotonic() - t0, 1), **m}
         print(json.dumps(row))
         rows.append(row)
@@ -537,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--backbone-dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="precision of the backbone (madx/precision.py)")
+    p.add_argument("--adapter-dtype", choices=("fp32", "backbone"), default="fp32")
     p.add_argument("--words", choices=("gold", "segmented"), default="gold",
                    help="NER: tag the data's own tokens, or the words the server cuts from the text (scored on gold tokens)")
     p.add_argument("--row", required=True, help="row label in the results table")

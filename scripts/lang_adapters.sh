@@ -9,9 +9,9 @@ set -uo pipefail
 STORE=${1:?store}
 MIN=${2:-6}
 shift 2 || true
-LANGS=${*:-"en sw yo rw ha ig lg luo pcm wo am qu my jv is zh ar"}
+LANGS=${*:-"en sw yo rw ha ig lg luo pcm wo am qu my jv is zh ar ja"}
 T=${MADX_TRAIN:-madx-train}
-for variant in full noinv; do  # every language's full adapter first, then the ablation without NICE
+for variant in ${VARIANTS:-full noinv}; do  # every language's full adapter first, then the ablation without NICE
   for code in $LANGS; do
     name=$code; extra=()
     [ "$variant" = noinv ] && name=$code-noinv && extra=(--no-invertible)

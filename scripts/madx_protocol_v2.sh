@@ -4,8 +4,10 @@
 # MLM head (scripts/mlm_head_study.py --store) and the language adapters (scripts/lang_adapters.sh).
 #   scripts/madx_protocol_v2.sh STORE OUT.json [train|eval|all]
 # Rows: (a) task adapter only; (b) MAD-X without invertible adapters; (c) MAD-X; (d) the English
-# stack (the task adapter of (c) with the English adapter for every target); (e) MAD-X 2.0 (the
-# language adapters without their last layer, `madx-train derive`). Seeds 0 and 1 for every row.
+# stack (the task adapter of (c) with the English adapter for every target); (e) MAD-X 2.0: the task
+# adapter of (c) with every language adapter minus its last layer at inference (`madx-train derive
+# --leave-out -1`). Seeds 0 and 1 for every row. TASKS, SEEDS and ROWS (taskonly noinv madx) pick
+# which task adapters to train, so a queue can order the work (scripts/madx12_queue.sh).
 # Each training run stops after MAX_MINUTES and resumes on the next call; finished adapters are skipped.
 set -uo pipefail
 D=${DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
@@ -37,10 +39,10 @@ if [ "$WHAT" != eval ]; then
   QA=(--task qa --train "$TY/train/tydiqa.goldp.en.train.json" "$D/qa/squad_v1.1/dev-v1.1.json.zip"
       --exclude-squad "$X/xquad.en.json" --epochs 1 --batch-size 16 --max-len 384 --reduction-factor 4 --lr 1e-3
       --dev-fraction 0.05 --dev-max 300 --eval-every 200 --patience 4 --checkpoint-every 50)
-  for t in ner qa; do  # every NER adapter first (they are the cheaper ones)
+  for t in ${TASKS:-ner qa}; do  # every NER adapter first (they are the cheaper ones)
     for s in $SEEDS; do
-      for row in "taskonly -" "noinv en-noinv" "madx en" "v2 en-v2"; do
-        set -- $row
+      for row in ${ROWS:-taskonly noinv madx}; do
+        case $row in taskonly) set -- taskonly - ;; noinv) set -- noinv en-noinv ;; madx) set -- madx en ;; esac
         if [ $t = ner ]; then task "ner-$1-s$s" "$s" "$2" "${NER[@]}"; else task "qa-$1-s$s" "$s" "$2" "${QA[@]}"; fi
       done
     done
@@ -65,13 +67,13 @@ for s in $SEEDS; do
   $T $E --task-adapter ner-noinv-s$s --lang-suffix=-noinv --row "(b) MAD-X without inv" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-madx-s$s --row "(c) MAD-X" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-madx-s$s --fixed-lang-adapter en --row "(d) English stack" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
-  $T $E --task-adapter ner-v2-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
+  $T $E --task-adapter ner-madx-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   for q in "--test ${QA_TEST[*]}" "--context-half test --test ${QA_TY[*]}"; do
     $T $E --task-adapter qa-taskonly-s$s --no-lang-adapter --row "(a) task adapter only" --seed-label "$s" --max-len 384 $q
     $T $E --task-adapter qa-noinv-s$s --lang-suffix=-noinv --row "(b) MAD-X without inv" --seed-label "$s" --max-len 384 $q
     $T $E --task-adapter qa-madx-s$s --row "(c) MAD-X" --seed-label "$s" --max-len 384 $q
     $T $E --task-adapter qa-madx-s$s --fixed-lang-adapter en --row "(d) English stack" --seed-label "$s" --max-len 384 $q
-    $T $E --task-adapter qa-v2-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --max-len 384 $q
+    $T $E --task-adapter qa-madx-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --max-len 384 $q
   done
 done
 $T report "$OUT"

@@ -159,6 +159,8 @@ class AdaptersResponse(_Out):
     windows: dict[str, int]
     device: str
     threads: int
+    backbone_dtype: str = Field(description="fp32 | bf16 | fp16 | int8 (settings.backbone_dtype after auto)")
+    adapter_kernel: str = Field(description="auto | runs | gathered (batching.adapter_kernel)")
 
 
 class AdminLoad(_In):

@@ -51,6 +51,10 @@ class Batching(_Strict):
     ner_window: int = Field(256, ge=16, description="tokens per NER window (long texts use several)")
     qa_window: int = Field(384, ge=32)
     qa_stride: int = Field(128, ge=0, description="tokens shared by consecutive QA windows")
+    adapter_kernel: Literal["auto", "runs", "gathered"] = Field(
+        "auto", description="runs: a small matmul pair per run of rows sharing an adapter (CPU); gathered: one "
+        "batched matmul pair per layer for all rows, weights gathered per row (GPU: no per-stack kernels); auto: "
+        "gathered on CUDA when a pass holds more than 4 adapters at a stack position")
     policy: Literal["mixed", "group_by_stack", "per_request"] = Field(
         "mixed", description="mixed: any stacks share a pass (ours); the others exist for benchmarks")
 
@@ -116,6 +120,11 @@ class Settings(_Strict):
     tasks: dict[str, str] = Field(default_factory=lambda: {"ner": "ner", "qa": "qa"},
                                   description="endpoint task -> task adapter name in the store")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    backbone_dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="precision of the frozen backbone (madx/precision.py). auto: bf16 on a GPU or on a CPU "
+        "with native bf16 matmuls (AVX512-BF16/AMX), else fp32. fp16 needs CUDA; int8 is CPU only")
+    adapter_dtype: Literal["fp32", "backbone"] = Field(
+        "fp32", description="adapters in fp32 (cast at their input and output) or in the backbone's dtype")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per backbone replica")
     api_key: SecretStr | None = Field(None, description="if set, every endpoint needs header X-API-Key; admin always")
     host: str = "127.0.0.1"

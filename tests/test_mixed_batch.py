@@ -124,3 +124,63 @@ def test_backbone_is_frozen_and_adapters_train():
     assert m.adapters["sw"].layers["0"].down.weight.grad is not None
     assert m.adapters["ner"].head.proj.weight.grad is not None
     assert all(torch.equal(before[k], v) for k, v in m.backbone.state_dict().items())
+
+
+# ------------------------------------------------------------------ gathered kernel (GPU path)
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_gathered_kernel_equals_runs(family):
+    """One batched matmul pair per layer and position, weights gathered per row, equals the per-run
+    kernel (<= 1e-5 fp32): mixed reduction factors (zero-padded), a left-out layer, rows without a
+    language or task adapter, the plain backbone."""
+    m = build(family)
+    pad = m.backbone.config.pad_token_id
+    lengths = [13, 5, 9, 17, 3, 11, 8, 16, 13, 6]
+    ids, mask = batch(m.backbone.config.vocab_size, lengths, seed=4, pad_id=pad)
+    with torch.no_grad():
+        ref_h, ref_l = m(ids, mask, STACKS)
+        m.adapter_kernel = "gathered"
+        plan = m.plan(STACKS)
+        assert all(g is not None for g in plan.gathers) and len(plan.gathers) == 2
+        assert plan.gathers[0].width == m.hidden_size // 2  # rf 2, the widest language adapter; rf 4 is padded
+        h, lg = m(ids, mask, STACKS)
+    assert (h - ref_h).abs().max() <= TOL
+    for a, b in zip(lg, ref_l, strict=True):
+        assert (a is None and b is None) or (a - b).abs().max() <= TOL
+
+
+def test_gathered_kernel_keeps_runs_where_activations_differ():
+    m = build("bert")
+    add_random(m, AdapterConfig.language("gl", non_linearity="gelu"), 9)
+    stacks = [AdapterStack("gl", "ner"), AdapterStack("sw", "ner"), AdapterStack("en", "qa")]
+    ids, mask = batch(m.backbone.config.vocab_size, [7, 7, 7], seed=3)
+    with torch.no_grad():
+        ref, _ = m(ids, mask, stacks)
+        m.adapter_kernel = "gathered"
+        plan = m.plan(stacks)
+        h, _ = m(ids, mask, stacks)
+    assert plan.gathers[0] is None and plan.gathers[1] is not None  # relu + gelu at 0: runs there
+    assert (h - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("kernel,device,adapters,want", [
+    ("runs", "cpu", 9, False), ("gathered", "cpu", 1, True), ("auto", "cpu", 9, False),
+])
+def test_kernel_choice(kernel, device, adapters, want):
+    m = build("bert")
+    m.adapter_kernel = kernel
+    names = ["en", "sw", "yo", "qu", "my"][:adapters]
+    assert bool(m.plan([AdapterStack(n, "ner") for n in names]).gathers) is want
+
+
+def test_gathered_bank_follows_in_place_weight_changes():
+    m = build("bert")
+    m.adapter_kernel = "gathered"
+    ids, mask = batch(m.backbone.config.vocab_size, [6, 6], seed=2)
+    stacks = [AdapterStack("en", "ner"), AdapterStack("sw", "ner")]
+    with torch.no_grad():
+        before, _ = m(ids, mask, stacks)
+        m.adapters["sw"].layers["1"].up.weight.mul_(3.0)  # (a constant bias shift would vanish in the LayerNorm)
+        after, _ = m(ids, mask, stacks)
+        m.adapter_kernel = "runs"
+        ref, _ = m(ids, mask, stacks)
+    assert (after - ref).abs().max() <= TOL and (after - before).abs().max() > 1e-3

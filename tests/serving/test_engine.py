@@ -391,3 +391,30 @@ def test_overrides_win_over_evidence(make_engine, tiny_store, tmp_path):
     eng = make_engine(store=routed_store(tiny_store, tmp_path), routing={"overrides": {"sw:ner": "madx", "de": "related:sw"}})
     assert eng.route("ner", "sw", "x").name == "madx" and "override" in eng.route("ner", "sw", "x").reason
     assert eng.route("ner", "de", "x").stack == AdapterStack("sw", "ner")
+
+
+# (backbone_dtype, adapter_kernel, max |score difference| against fp32 + runs). fp32 with the gathered
+# kernel is the same arithmetic up to summation order; bf16 / int8 backbones are looser.
+PRECISIONS = [("fp32", "gathered", 1e-4), ("bf16", "runs", 0.05), ("bf16", "gathered", 0.05),
+              ("int8", "runs", 0.05)]
+
+
+@pytest.mark.parametrize("dtype,kernel,tol", PRECISIONS)
+def test_backbone_dtype_and_adapter_kernel_serve_the_same_answers(make_engine, dtype, kernel, tol):
+    ref = make_engine(backbone_dtype="fp32", batching={"adapter_kernel": "runs"})
+    other = make_engine(backbone_dtype=dtype, batching={"adapter_kernel": kernel})
+    assert other.describe()["backbone_dtype"] == dtype and other.model.adapter_kernel == kernel
+
+    async def burst(eng):
+        pairs = [("en", "en"), ("sw", "sw"), ("de", "de"), ("sw", None)] * 3  # (text, requested language)
+        return await asyncio.gather(*(eng.ner([TEXT[src][i % 3]], lang, True) for i, (src, lang) in enumerate(pairs)))
+
+    for a, b in zip(run(burst(ref)), run(burst(other)), strict=True):
+        ta, tb = a["results"][0]["tokens"], b["results"][0]["tokens"]
+        assert [t["text"] for t in ta] == [t["text"] for t in tb]
+        assert max(abs(x["score"] - y["score"]) for x, y in zip(ta, tb, strict=True)) <= tol
+
+
+def test_fp16_backbone_on_cpu_is_a_clear_startup_error(make_engine):
+    with pytest.raises(RuntimeError, match="backbone_dtype: backbone_dtype 'fp16' needs a CUDA device"):
+        make_engine(backbone_dtype="fp16", device="cpu")

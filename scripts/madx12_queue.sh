@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 12's CPU training queue, in the order that gives usable results soonest: the English
+# adapters and the seed-0 NER task adapters on them, then the languages the backbone never saw
+# (the paper-effect target), then seed 1, then the seen languages, then QA. Every step is
+# resumable and skips finished artifacts, so re-running this after a stop continues the queue.
+#   scripts/madx12_queue.sh STORE [LANG_MINUTES]
+set -uo pipefail
+S=${1:?store}
+MIN=${2:-12}
+H=$(cd "$(dirname "$0")" && pwd)
+UNSEEN="yo rw ig lg luo pcm wo qu"
+SEEN="sw ha am my jv is zh ar ja"
+lang() { VARIANTS="$1" "$H/lang_adapters.sh" "$S" "$MIN" $2; }
+tasks() { TASKS=$1 SEEDS=$2 ROWS=$3 MAX_MINUTES=${TASK_MINUTES:-90} "$H/madx_protocol_v2.sh" "$S" /dev/null train; }
+lang "full noinv" en
+tasks ner 0 "madx noinv"
+lang full "$UNSEEN"
+lang noinv "$UNSEEN"
+tasks ner 1 "taskonly madx noinv"
+lang full "$SEEN"
+tasks qa 0 "madx noinv"
+tasks qa 1 "taskonly madx noinv"
+lang noinv "$SEEN"
