@@ -97,12 +97,30 @@ def bench_engine(engine: Engine, reqs, concurrency: int, repeats: int, policy: s
         await asyncio.gather(*(one(t, lang) for t, lang in reqs))
         return time.perf_counter() - t0, lat
 
+    before = stage_seconds(engine)
     runs = [asyncio.run(once()) for _ in range(repeats)]
+    after = stage_seconds(engine)
     wall, lat = min(runs, key=lambda r: r[0])
     lat.sort()
     engine.batcher.policy = "mixed"
+    n = repeats * len(reqs)
+    stages = {k: 1000 * (after.get(k, 0) - before.get(k, 0)) / n for k in after}
+    total = sum(r[0] for r in runs) * 1000 / n
     return {"tokens_per_s": ntok / wall, "requests_per_s": len(reqs) / wall, "seconds": wall,
-            "p50_ms": 1000 * lat[len(lat) // 2], "p95_ms": 1000 * lat[int(len(lat) * 0.95)]}
+            "p50_ms": 1000 * lat[len(lat) // 2], "p95_ms": 1000 * lat[int(len(lat) * 0.95)],
+            # where a request's time goes (ms per request, summed over threads; wall = elapsed / requests)
+            "stages_ms_per_request": {**{k: round(v, 3) for k, v in sorted(stages.items())},
+                                      "wall": round(total, 3)}}
+
+
+def stage_seconds(engine: Engine) -> dict[str, float]:
+    out = {}
+    for fam in engine.m.registry.collect():
+        if fam.name == "madx_stage_seconds":
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    out[smp.labels["stage"]] = out.get(smp.labels["stage"], 0.0) + smp.value
+    return out
 
 
 def bench_cold_load(engine: Engine) -> dict:
@@ -172,16 +190,23 @@ def main(argv=None) -> int:
     ap.add_argument("--http-users", type=int, default=48)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--backbone-dtype", default="auto", choices=("auto", "fp32", "bf16", "int8"))
+    ap.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "backbone"))
+    ap.add_argument("--adapter-kernel", default="auto", choices=("auto", "runs", "gathered"))
+    ap.add_argument("--only", nargs="*", default=None, help="engine rows to run (default all), e.g. engine_mixed")
     args = ap.parse_args(argv)
 
-    engine = Engine(load_settings(env={}))
+    engine = Engine(load_settings(env={}, backbone_dtype=args.backbone_dtype, adapter_dtype=args.adapter_dtype,
+                                  batching={"adapter_kernel": args.adapter_kernel}))
     mixed, uniform = workload(args.requests, 0, False), workload(args.requests, 0, True)
     seqs = windows(engine, mixed)
     res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                             f"{torch.get_num_threads()} threads",
                  "backbone": engine.model.backbone_name, "requests": args.requests, "windows": len(seqs),
                  "tokens": sum(map(len, seqs)), "stacks_in_mixed": len({lang for _, lang in mixed}),
-                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                 "backbone_dtype": engine.model.backbone_dtype, "adapter_kernel": engine.model.adapter_kernel,
+                 "adapter_dtype": args.adapter_dtype}
     asyncio.run(engine.ner(["warm up"], "en"))
     # torch work on the engine's compute thread, as the server does it (serving/compute.py)
     compute.run_sync(bench_backbone, engine, seqs[:64], 1)
@@ -190,20 +215,19 @@ def main(argv=None) -> int:
     for name, reqs, policy in (("engine_uniform", uniform, "mixed"), ("engine_mixed", mixed, "mixed"),
                                ("engine_group_by_stack", mixed, "group_by_stack"),
                                ("engine_per_request", mixed, "per_request")):
+        if args.only is not None and name not in args.only:
+            continue
         res[name] = bench_engine(engine, reqs, args.concurrency, args.repeats, policy)
-        print(name, {k: round(v, 1) for k, v in res[name].items()}, flush=True)
+        print(name, {k: round(v, 1) if isinstance(v, float) else v for k, v in res[name].items()}, flush=True)
     res["cold_load"] = compute.run_sync(bench_cold_load, engine)
     del engine
     if args.http_seconds:
         res["http_mixed"] = bench_http(args.http_seconds, args.http_users, args.port)
     b = res["backbone_only"]["tokens_per_s"]
-    res["ratios"] = {
-        "engine_mixed / engine_uniform": res["engine_mixed"]["tokens_per_s"] / res["engine_uniform"]["tokens_per_s"],
-        "engine_mixed / backbone_only": res["engine_mixed"]["tokens_per_s"] / b,
-        "engine_mixed / per_request": res["engine_mixed"]["tokens_per_s"] / res["engine_per_request"]["tokens_per_s"],
-        "engine_mixed / group_by_stack": res["engine_mixed"]["tokens_per_s"] / res["engine_group_by_stack"]["tokens_per_s"],
-        "backbone_only / backbone_only_per_row": b / res["backbone_only_per_row"]["tokens_per_s"],
-    }
+    tps = {k: v["tokens_per_s"] for k, v in res.items() if isinstance(v, dict) and "tokens_per_s" in v}
+    pairs = [("engine_mixed", "engine_uniform"), ("engine_mixed", "backbone_only"), ("engine_mixed", "engine_per_request"),
+             ("engine_mixed", "engine_group_by_stack"), ("backbone_only", "backbone_only_per_row")]
+    res["ratios"] = {f"{a} / {c}": tps[a] / tps[c] for a, c in pairs if a in tps and c in tps}
     if "http_mixed" in res:
         res["ratios"]["http_served / backbone_only"] = res["http_mixed"]["tokens_per_s"] / b
     print(json.dumps(res, indent=1))

@@ -54,19 +54,22 @@ class _TorchaoNotices(logging.Filter):
     """Drops two start-up notices that are not errors here, nothing else: a CPU wheel of torchao
     cannot load its CUDA-only extension libraries, and torch's pytree says registering Enum types
     (which torchao does at import) is deprecated. transformers imports torchao whenever it is
-    installed, so every process that builds a backbone would print them."""
+    installed, so every process that builds a backbone would print them. Also torchao's note that
+    Triton (a GPU compiler) is absent, which the CPU int8 path does not use."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not ("is an Enum subclass and is now natively supported" in msg
-                    or (msg.startswith("Failed to load") and "/torchao/_C" in msg))
+                    or (msg.startswith("Failed to load") and "/torchao/_C" in msg)
+                    or "Detected no triton" in msg)
 
 
 _NOTICES = _TorchaoNotices()
 
 
 def quiet_torchao_notices() -> None:
-    for name in ("torchao", "torch.utils._pytree"):
+    for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):  # (a logger's filter sees
+        # only its own records, not its children's)
         logger = logging.getLogger(name)
         if _NOTICES not in logger.filters:
             logger.addFilter(_NOTICES)

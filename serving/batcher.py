@@ -186,7 +186,9 @@ class Batcher:
             take = [r for r in self._take() if not r.future.cancelled()]
             self._round = take
             self.m.queue_rows.labels(self.m.replica).set(len(self.queue))
-            for rows in self._batches(take):
+            with self.m.stage("plan"):
+                batches = self._batches(take)
+            for rows in batches:
                 await self._run_rows(loop, rows)
             self._round = []
             if self.on_idle is not None:  # on the model thread, like every cache operation
@@ -262,7 +264,9 @@ class Batcher:
         t0 = time.perf_counter()
         out = self.run([r.ids for r in rows], [r.stack for r in rows])
         rep = self.m.replica
-        self.m.forward_seconds.labels(rep).observe(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        self.m.forward_seconds.labels(rep).observe(dt)
+        self.m.stage_seconds.labels(rep, "forward").inc(dt)
         self.m.batch_rows.labels(rep).observe(len(rows))
         self.m.tokens.labels(rep).inc(sum(len(r.ids) for r in rows))
         self.m.batch_tokens.labels(rep).observe(len(rows) * max(len(r.ids) for r in rows))

@@ -4,6 +4,8 @@
 - ``Control`` (one replica, no CPU reserved): runtime adapter changes as a versioned log that every
   backbone replica applies within ``SYNC_S`` seconds, and the replicas' metrics for ``/metrics``.
 - ``Ingress``: the HTTP API of ``app.py``, with handles passed by ``.bind()``.
+- ``Server`` (``topology: single``): the HTTP API and the engine in the same replica, so a request
+  crosses one hop (proxy -> replica) instead of two (proxy -> ingress -> backbone handle).
 
 ``build(settings)`` returns the bound application; ``app_builder`` is the import path for
 ``serve run`` / ``serve deploy`` configs.
@@ -85,8 +87,8 @@ class Control:
         now = time.time()
         return [r for r, (ts, _) in self.snapshots.items() if now - ts < 5 * SYNC_S]
 
-    def metrics_texts(self) -> list[str]:
-        return [self.snapshots[r][1] for r in self._live()]
+    def metrics_texts(self, exclude: str | None = None) -> list[str]:
+        return [self.snapshots[r][1] for r in self._live() if r != exclude]
 
     def progress(self, version: int) -> dict[str, Any]:
         live = self._live()
@@ -95,8 +97,10 @@ class Control:
                 "failed": failed}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)
-class Backbone:
+class BackboneReplica:
+    """One Engine per replica, following the Control log. Served either behind the Ingress
+    (``Backbone``, topology two_hop) or as the HTTP ingress itself (``Server``, topology single)."""
+
     async def __init__(self, settings: dict[str, Any], control) -> None:
         try:
             rid = serve.get_replica_context().replica_id.unique_id
@@ -170,6 +174,67 @@ class Backbone:
                                f"the others and is replaced")
 
 
+Backbone = serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET,
+                            health_check_period_s=5)(type("Backbone", (BackboneReplica,), {}))
+
+
+class ReplicaBackend:
+    """The app's backend inside a ``Server`` replica: the engine is in this process (no handle call,
+    no second serialisation); admin ops reach the other replicas through the Control log."""
+
+    def __init__(self, replica: BackboneReplica) -> None:
+        self.r = replica
+
+    async def ner(self, texts, language, return_tokens):
+        return await self.r.engine.ner(texts, language, return_tokens)
+
+    async def qa(self, question, context, language, top_k, max_answer_tokens):
+        return await self.r.engine.qa(question, context, language, top_k, max_answer_tokens)
+
+    async def describe(self):
+        return self.r.engine.describe()
+
+    async def ready(self):
+        return bool(self.r.engine.ready)
+
+    async def _admin(self, op: dict[str, Any]) -> dict[str, Any]:
+        return await _wait_applied(self.r.control, _unwrap(await self.r.admin(op)))
+
+    async def admin_load(self, name, path):
+        return await self._admin({"op": "load", "name": name, "path": path})
+
+    async def admin_unload(self, name):
+        return await self._admin({"op": "unload", "name": name})
+
+    async def metrics_texts(self):  # this replica's own registry is the app's; the others' from Control
+        return await self.r.control.metrics_texts.remote(self.r.replica)
+
+
+class _ServerReplica(BackboneReplica):
+    def __serve_build_asgi_app__(self):
+        return build_app(ReplicaBackend(self), self.engine.s, self.engine.m)
+
+
+Server = serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)(
+    serve.ingress()(type("Server", (_ServerReplica,), {})))
+
+
+async def _wait_applied(control, res: dict[str, Any]) -> dict[str, Any]:
+    """After one replica applied (and validated) an admin op: wait until every live replica has it."""
+    deadline = time.monotonic() + 10 * SYNC_S
+    while True:
+        p = await control.progress.remote(res["version"])
+        if p["applied"] >= p["live"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(SYNC_S / 4)
+    res["replicas"] = p
+    if p.get("failed"):  # applied on the replica that took the call, not on these: they are replaced
+        raise RequestError(502, f"{res.get('loaded') or res.get('unloaded')!r}: applied on {p['applied']} of "
+                                f"{p['live']} replicas; {len(p['failed'])} could not apply it and are being "
+                                f"replaced: {p['failed']}")
+    return res
+
+
 class RayBackend:
     def __init__(self, backbone, control, retries: int = 2) -> None:
         self.backbone, self.control, self.retries = backbone, control, retries
@@ -203,19 +268,7 @@ class RayBackend:
 
     async def _admin(self, op: dict[str, Any]) -> dict[str, Any]:
         """Apply on one replica (which validates it), then wait until every live replica has it."""
-        res = _unwrap(await self.backbone.admin.remote(op))
-        deadline = time.monotonic() + 10 * SYNC_S
-        while True:
-            p = await self.control.progress.remote(res["version"])
-            if p["applied"] >= p["live"] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(SYNC_S / 4)
-        res["replicas"] = p
-        if p.get("failed"):  # applied on the replica that took the call, not on these: they are replaced
-            raise RequestError(502, f"{res.get('loaded') or res.get('unloaded')!r}: applied on {p['applied']} of "
-                                    f"{p['live']} replicas; {len(p['failed'])} could not apply it and are being "
-                                    f"replaced: {p['failed']}")
-        return res
+        return await _wait_applied(self.control, _unwrap(await self.backbone.admin.remote(op)))
 
     async def admin_load(self, name, path):
         return await self._admin({"op": "load", "name": name, "path": path})
@@ -254,6 +307,8 @@ def build(settings: Settings):
         opts["num_replicas"] = settings.backbone_replicas
     if settings.max_replicas_per_node is not None:
         opts["max_replicas_per_node"] = settings.max_replicas_per_node
+    if settings.topology == "single":  # each replica is ingress and backbone: one hop from the proxy
+        return Server.options(**opts).bind(payload, control)
     backbone = Backbone.options(**opts).bind(payload, control)
     return Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests).bind(payload, backbone, control)
 

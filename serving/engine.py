@@ -281,7 +281,8 @@ class Engine:
     async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
         check_ner_limits(self.s.limits, texts)
         self.batcher.admit(1)  # a full queue refuses before detection and tokenisation
-        routes = [self.route("ner", language, t) for t in texts]
+        with self.m.stage("detect"):
+            routes = [self.route("ner", language, t) for t in texts]
         pinned = [a for r in routes for st in r.all_stacks for a in st.adapters]
         self.batcher.pin(pinned)  # an unload while this request is prepared waits for it (drain)
         try:
@@ -296,6 +297,10 @@ class Engine:
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
         logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
+        with self.m.stage("decode"):
+            return self._ner_decode(texts, routes, words, feats, pieces, logits, return_tokens)
+
+    def _ner_decode(self, texts, routes, words, feats, pieces, logits, return_tokens: bool) -> dict[str, Any]:
         labels = self.model.configs[routes[0].stack.task].head.labels
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
         windows = [0] * len(texts)
@@ -323,10 +328,12 @@ class Engine:
     def _ner_prep(self, texts: list[str], pieces: bool = False):
         """On the prep thread: every use of the tokenizer happens there (it must not be used from two
         threads at once: "Already borrowed")."""
-        words = [split_words(t) for t in texts]
-        feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
-                             self.ner_window, skip_empty=True)
-        names = [self.tok.convert_ids_to_tokens(f.input_ids) for f in feats] if pieces else [None] * len(feats)
+        with self.m.stage("split_words"):
+            words = [split_words(t) for t in texts]
+        with self.m.stage("tokenise"):
+            feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
+                                 self.ner_window, skip_empty=True)
+            names = [self.tok.convert_ids_to_tokens(f.input_ids) for f in feats] if pieces else [None] * len(feats)
         return words, feats, names
 
     def _admit_windows(self, n: int) -> None:
@@ -355,7 +362,8 @@ class Engine:
                  max_answer_tokens: int = 30) -> dict[str, Any]:
         check_qa_limits(self.s.limits, question, context, top_k)
         self.batcher.admit(1)
-        route = self.route("qa", language, context)
+        with self.m.stage("detect"):
+            route = self.route("qa", language, context)
         pinned = [a for st in route.all_stacks for a in st.adapters]
         self.batcher.pin(pinned)
         try:
@@ -364,21 +372,27 @@ class Engine:
             self._unpin(pinned)
 
     async def _qa(self, question: str, context: str, route: Route, top_k: int, max_answer_tokens: int) -> dict[str, Any]:
-        q_tokens = await asyncio.get_running_loop().run_in_executor(
-            self._prep, lambda: len(self.tok(question, add_special_tokens=False)["input_ids"]))
-        room = self.qa_window - q_tokens - 4  # context tokens per window (4 special tokens)
-        if room < 32:
-            raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window it must stay "
-                                    f"under {self.qa_window - 36} tokens so that each window keeps 32 context tokens")
-        # the overlap adapts to the question: at most half of a window's context, so a long question
-        # never turns a context into hundreds of windows that move 17 tokens at a time
-        stride = min(self.qa_stride, room // 2)
-        wins = await asyncio.get_running_loop().run_in_executor(
-            self._prep, lambda: qa_windows(self.tok, question, context, self.qa_window, stride))
+        def prep():  # one hop to the prep thread (every tokenizer use happens there)
+            with self.m.stage("tokenise"):
+                q_tokens = len(self.tok(question, add_special_tokens=False)["input_ids"])
+                room = self.qa_window - q_tokens - 4  # context tokens per window (4 special tokens)
+                if room < 32:
+                    raise RequestError(422, f"question has {q_tokens} tokens; with a {self.qa_window}-token window it "
+                                            f"must stay under {self.qa_window - 36} tokens so that each window keeps 32 "
+                                            f"context tokens")
+                # the overlap adapts to the question: at most half of a window's context, so a long question
+                # never turns a context into hundreds of windows that move 17 tokens at a time
+                return qa_windows(self.tok, question, context, self.qa_window, min(self.qa_stride, room // 2))
+
+        wins = await asyncio.get_running_loop().run_in_executor(self._prep, prep)
         if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
         logits = await self._forward([w.input_ids for w in wins], [route] * len(wins))
+        with self.m.stage("decode"):
+            return self._qa_decode(context, route, wins, logits, top_k, max_answer_tokens)
+
+    def _qa_decode(self, context: str, route: Route, wins, logits, top_k: int, max_answer_tokens: int) -> dict[str, Any]:
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)
         answers = [{"text": context[s.start:s.end], "start": s.start, "end": s.end, "score": round(s.score, 4)}

@@ -6,6 +6,8 @@ the control deployment, and ``GET /metrics`` on the ingress merges all of them (
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +18,19 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
 STACK_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _Stage:
+    __slots__ = ("child", "t0")
+
+    def __init__(self, child) -> None:
+        self.child = child
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.child.inc(time.perf_counter() - self.t0)
 
 
 class Metrics:
@@ -39,6 +54,10 @@ class Metrics:
                                   registry=r)
         self.forward_seconds = Histogram("madx_forward_seconds", "model time per forward pass", lbl,
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Counter(
+            "madx_stage_seconds", "seconds spent per serving stage (where a replica's CPU goes outside the model): "
+            "detect, split_words, tokenise (+ windows), plan, forward (pad + model + copy out), decode; serialise "
+            "is the ingress's", ["replica", "stage"], registry=r)
         self.queue_rows = Gauge("madx_queue_rows", "windows waiting for a batch", lbl, registry=r)
         self.rejected = Counter("madx_overload_rejections", "requests refused with 503 because the queue was full", lbl,
                                 registry=r)
@@ -51,6 +70,10 @@ class Metrics:
         self.resident = Gauge("madx_adapters_resident", "adapters resident on the device", lbl, registry=r)
         self.info = Gauge("madx_replica_info", "1 per live backbone replica, labelled with its Ray node and process",
                           ["replica", "node", "pid"], registry=r)
+
+    def stage(self, name: str):
+        """``with metrics.stage("tokenise"): ...`` adds the block's wall time to madx_stage_seconds."""
+        return _Stage(self.stage_seconds.labels(self.replica, name))
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

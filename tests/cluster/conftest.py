@@ -62,7 +62,7 @@ def served(tmp_path_factory):
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    yield {"url": url, "headers": {"X-API-Key": key}, "store": store, "nodes": [n["NodeID"] for n in ray.nodes()],
+    yield {"url": url, "headers": {"X-API-Key": key}, "store": store, "backbone": BACKBONE, "nodes": [n["NodeID"] for n in ray.nodes()],
            "dashboard": f"http://127.0.0.1:{dash}"}
     ray.shutdown()
     cluster.shutdown()
