@@ -140,21 +140,55 @@ def bench_cold_load(engine: Engine) -> dict:
     return out
 
 
-def bench_http(seconds: int, users: int, port: int) -> dict:
-    """Start madx-serve (Ray, local), run locust closed-loop, read tokens served from /metrics."""
+def process_group(name: str) -> str:
+    """Which part of the served path a process of the server is (by Ray's process titles)."""
+    for key, group in ((":Server", "replica (ingress + backbone)"), (":Backbone", "backbone replica"),
+                       (":Ingress", "ingress replica"), ("ProxyActor", "Ray HTTP proxy"), (":Control", "control")):
+        if key in name:
+            return group
+    return "Ray system (raylet, GCS, controller, ...)"
+
+
+def cpu_by_group(root_pid: int) -> dict[str, float]:
+    import psutil
+
+    out: dict[str, float] = {}
+    try:
+        procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return out
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            g = process_group(" ".join(p.cmdline()) or p.name())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        out[g] = out.get(g, 0.0) + t.user + t.system
+    return out
+
+
+def bench_http(seconds: int, users: int, port: int, env: dict | None = None) -> dict:
+    """Start madx-serve (Ray, local), run locust closed-loop, read tokens served from /metrics; CPU
+    seconds of every server process (by role) and of locust over the measured window."""
+    import resource
+
     import httpx
     from run_load import start_server, stop_server, wait_ready
 
     out = ROOT / ".bench"  # git-ignored
     out.mkdir(exist_ok=True)
-    proc = start_server(port, out / "server.log")
+    proc = start_server(port, out / "server.log", env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, {}, 300, proc)
 
-        def tokens() -> float:
+        def counter(prefix: str, label: str = "") -> float:
             text = httpx.get(f"{url}/metrics").text
-            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("madx_tokens_total{"))
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(prefix + "{") and label in line)
+
+        def tokens() -> float:
+            return counter("madx_tokens_total")
 
         def locust(duration_s: int, *extra: str) -> None:
             # closed loop: each user sends as fast as it is answered
@@ -166,17 +200,26 @@ def bench_http(seconds: int, users: int, port: int) -> dict:
         prefix = out / "locust"
         locust(8)  # warm up, then measure
         time.sleep(2.5)
-        k0 = tokens()
+        k0, f0 = tokens(), counter("madx_stage_seconds_total", 'stage="forward"')
+        c0, l0 = cpu_by_group(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
         locust(seconds, "--csv", str(prefix))
+        c1, l1 = cpu_by_group(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
         time.sleep(2.5)  # replicas push their metrics every second
         k1 = tokens()  # the tokens of this run only: the server was idle before and after it
+        f1 = counter("madx_stage_seconds_total", 'stage="forward"')
         import csv
 
         agg = [r for r in csv.DictReader(open(f"{prefix}_stats.csv")) if r["Name"] == "Aggregated"][0]
+        n = max(int(agg["Request Count"]), 1)
+        cpu = {g: round(1000 * (c1.get(g, 0.0) - c0.get(g, 0.0)) / n, 2) for g in c1}
+        cpu["locust (load generator)"] = round(1000 * ((l1.ru_utime + l1.ru_stime) - (l0.ru_utime + l0.ru_stime)) / n, 2)
         return {"users": users, "seconds": seconds, "requests": int(agg["Request Count"]),
                 "failures": int(agg["Failure Count"]), "requests_per_s": float(agg["Requests/s"]),
                 "tokens_per_s": (k1 - k0) / seconds, "p50_ms": float(agg["50%"]), "p95_ms": float(agg["95%"]),
-                "p99_ms": float(agg["99%"])}
+                "p99_ms": float(agg["99%"]), "env": env or {},
+                # CPU milliseconds per request by process role; forward = wall ms of model passes per request
+                # (on 2 torch threads it uses up to twice that in CPU time)
+                "cpu_ms_per_request": cpu, "forward_wall_ms_per_request": round(1000 * (f1 - f0) / n, 2)}
     finally:
         stop_server(proc)
 
@@ -193,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone-dtype", default="auto", choices=("auto", "fp32", "bf16", "int8"))
     ap.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "backbone"))
     ap.add_argument("--adapter-kernel", default="auto", choices=("auto", "runs", "gathered"))
+    ap.add_argument("--topologies", nargs="+", default=["single", "two_hop"], choices=("single", "two_hop"))
+    ap.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the served runs (e.g. MADX_THREADS=1)")
     ap.add_argument("--only", nargs="*", default=None, help="engine rows to run (default all), e.g. engine_mixed")
     args = ap.parse_args(argv)
 
@@ -222,14 +267,18 @@ def main(argv=None) -> int:
     res["cold_load"] = compute.run_sync(bench_cold_load, engine)
     del engine
     if args.http_seconds:
-        res["http_mixed"] = bench_http(args.http_seconds, args.http_users, args.port)
+        env = {"MADX_BACKBONE_DTYPE": args.backbone_dtype, "MADX_ADAPTER_DTYPE": args.adapter_dtype,
+               **dict(kv.split("=", 1) for kv in args.server_env)}
+        for topo in args.topologies:
+            res[f"http_{topo}"] = bench_http(args.http_seconds, args.http_users, args.port, {**env, "MADX_TOPOLOGY": topo})
+            print(f"http_{topo}", res[f"http_{topo}"], flush=True)
     b = res["backbone_only"]["tokens_per_s"]
     tps = {k: v["tokens_per_s"] for k, v in res.items() if isinstance(v, dict) and "tokens_per_s" in v}
     pairs = [("engine_mixed", "engine_uniform"), ("engine_mixed", "backbone_only"), ("engine_mixed", "engine_per_request"),
              ("engine_mixed", "engine_group_by_stack"), ("backbone_only", "backbone_only_per_row")]
     res["ratios"] = {f"{a} / {c}": tps[a] / tps[c] for a, c in pairs if a in tps and c in tps}
-    if "http_mixed" in res:
-        res["ratios"]["http_served / backbone_only"] = res["http_mixed"]["tokens_per_s"] / b
+    for topo in args.topologies if args.http_seconds else ():
+        res["ratios"][f"http_{topo} / backbone_only"] = res[f"http_{topo}"]["tokens_per_s"] / b
     print(json.dumps(res, indent=1))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")

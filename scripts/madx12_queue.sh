@@ -10,9 +10,10 @@ MIN=${2:-12}
 H=$(cd "$(dirname "$0")" && pwd)
 UNSEEN="yo rw ig lg luo pcm wo qu"
 SEEN="sw ha am my jv is zh ar ja"
-lang() { VARIANTS="$1" "$H/lang_adapters.sh" "$S" "$MIN" $2; }
+lang() { VARIANTS="$1" "$H/lang_adapters.sh" "$S" "$MIN" $2; }  # MIN=... lang ... overrides the budget
 tasks() { TASKS=$1 SEEDS=$2 ROWS=$3 MAX_MINUTES=${TASK_MINUTES:-90} "$H/madx_protocol_v2.sh" "$S" /dev/null train; }
-lang "full noinv" en
+# the task adapters need the English adapters: give them time to finish (a re-run resumes them)
+MIN=${EN_MINUTES:-90} lang "full noinv" en
 tasks ner 0 "madx noinv"
 lang full "$UNSEEN"
 lang noinv "$UNSEEN"

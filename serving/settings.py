@@ -130,7 +130,7 @@ class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     topology: Literal["single", "two_hop"] = Field(
-        "two_hop", description="single: each backbone replica is also the HTTP ingress (one hop from Ray's proxy); "
+        "single", description="single: each backbone replica is also the HTTP ingress (one hop from Ray's proxy); "
         "two_hop: a CPU-free Ingress deployment calls the backbone replicas through a handle, which retries a "
         "request whose replica died (replica_failure_retries). docs/BENCHMARKS.md compares them")
     backbone_replicas: int = Field(1, ge=1, description="fixed replica count when autoscaling is off")

@@ -20,6 +20,7 @@ def _check_serve_config(cfg: dict) -> ServeDeploySchema:
     (app,) = schema.applications
     assert app.import_path == "serving.deployments:app_builder"
     load_settings(env={}, **app.args)  # the app args are valid server settings
+    assert app.args["topology"] == "two_hop"  # these configs name the two-hop deployments (Ingress, Backbone)
     names = {d.name for d in app.deployments}
     assert names == DEPLOYMENTS, f"deployment names must match the code: {names} vs {DEPLOYMENTS}"
     ing = next(d for d in app.deployments if d.name == "Ingress")

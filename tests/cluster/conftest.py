@@ -45,7 +45,8 @@ def served(tmp_path_factory):
     port = free_port()
     key = "cluster-test-key"
     settings = load_settings(env={}, backbone=BACKBONE, adapter_store=str(store), port=port, api_key=key,
-                             batching={"max_wait_ms": 20}, backbone_replicas=2, max_replicas_per_node=1)
+                             batching={"max_wait_ms": 20}, backbone_replicas=2, max_replicas_per_node=1,
+                             topology="two_hop")  # (test_single_topology.py deploys the other beside it)
     dash = free_port()  # the dashboard is on, so that its token authentication is tested
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
                                                             "dashboard_port": dash})
@@ -62,7 +63,7 @@ def served(tmp_path_factory):
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    yield {"url": url, "headers": {"X-API-Key": key}, "store": store, "backbone": BACKBONE, "nodes": [n["NodeID"] for n in ray.nodes()],
-           "dashboard": f"http://127.0.0.1:{dash}"}
+    yield {"url": url, "headers": {"X-API-Key": key}, "store": store, "backbone": BACKBONE,
+           "nodes": [n["NodeID"] for n in ray.nodes()], "dashboard": f"http://127.0.0.1:{dash}"}
     ray.shutdown()
     cluster.shutdown()
