@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--backbone-dtype", default="auto", choices=("auto", "fp32", "bf16", "int8"))
-    ap.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "backbone"))
+    ap.add_argument("--adapter-dtype", default="backbone", choices=("fp32", "backbone"))
     ap.add_argument("--adapter-kernel", default="auto", choices=("auto", "runs", "gathered"))
     ap.add_argument("--topologies", nargs="+", default=["single", "two_hop"], choices=("single", "two_hop"))
     ap.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the served runs (e.g. MADX_THREADS=1)")
@@ -269,8 +269,9 @@ def main(argv=None) -> int:
     if args.http_seconds:
         env = {"MADX_BACKBONE_DTYPE": args.backbone_dtype, "MADX_ADAPTER_DTYPE": args.adapter_dtype,
                **dict(kv.split("=", 1) for kv in args.server_env)}
-        for topo in args.topologies:
-            res[f"http_{topo}"] = bench_http(args.http_seconds, args.http_users, args.port, {**env, "MADX_TOPOLOGY": topo})
+        for i, topo in enumerate(args.topologies):  # a port each: the previous server's proxy may linger a moment
+            res[f"http_{topo}"] = bench_http(args.http_seconds, args.http_users, args.port + i,
+                                             {**env, "MADX_TOPOLOGY": topo})
             print(f"http_{topo}", res[f"http_{topo}"], flush=True)
     b = res["backbone_only"]["tokens_per_s"]
     tps = {k: v["tokens_per_s"] for k, v in res.items() if isinstance(v, dict) and "tokens_per_s" in v}

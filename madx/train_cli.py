@@ -386,6 +386,9 @@ def cmd_eval(args) -> int:
         lang_adapter = (None if args.no_lang_adapter else args.fixed_lang_adapter
                         or f"{lang.split('-')[0]}{args.lang_suffix}")
         if lang_adapter is not None and lang_adapter not in model.configs:
+            if lang_adapter not in manifest and args.skip_missing:
+                print(f"skipped {lang!r}: no adapter {lang_adapter!r} in {args.store} (--skip-missing)", file=sys.stderr)
+                continue
             if lang_adapter not in manifest:
                 raise SystemExit(f"language {lang!r}: no adapter {lang_adapter!r} in {args.store}; "
                                  f"has: {sorted(manifest)}")
@@ -544,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip targets whose language adapter is not in the store (else an error)")
     p.add_argument("--backbone-dtype", choices=("fp32", "bf16", "int8"), default="fp32",
                    help="precision of the backbone (madx/precision.py)")
     p.add_argument("--adapter-dtype", choices=("fp32", "backbone"), default="fp32")

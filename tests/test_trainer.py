@@ -149,6 +149,13 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
     assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "qa", "--no-progress",
                  "--no-lang-adapter", "--test", f"en={FIX / 'qa.json'}", "--row", "(a)", "--out", str(out),
                  "--max-len", "64", "--stride", "16"]) == 0
+    # a target without its adapter: an error, or skipped with --skip-missing (partial protocol runs)
+    with pytest.raises(SystemExit, match="no adapter 'yo'"):
+        main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
+              "--test", f"yo={FIX / 'ner_en.conll'}", "--row", "(c)"])
+    assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
+                 "--skip-missing", "--test", f"yo={FIX / 'ner_en.conll'}", "--row", "(c)", "--out", str(out)]) == 0
+    assert "skipped 'yo'" in capsys.readouterr().err
     rows = json.loads(out.read_text())
     assert [r["stack"] for r in rows] == ["sw+ner", "-+qa"]
     assert main(["report", str(out)]) == 0

@@ -226,7 +226,7 @@ def test_admin_unload_load_and_pickle_refusal(make_engine, tmp_path):
 
 
 def test_overload_refuses_at_once(make_engine):
-    eng = make_engine(batching={"max_queue_rows": 3, "max_wait_ms": 50})
+    eng = make_engine(batching={"max_queue_rows": 3, "max_wait_ms": 1000})  # the first rows wait while the second arrives
 
     async def two():  # the first request's windows fill the queue; the second is refused at once
         return await asyncio.gather(eng.ner(["a b", "c d"], "en", False), eng.ner(["e f", "g h"], "en", False),
