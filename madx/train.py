@@ -147,7 +147,7 @@ def _atomic_save(obj: Any, dest: Path) -> None:
 def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Tensor, int]], cfg: TrainConfig,
         checkpoint: Path | None, identity: dict[str, Any], desc: str = "train", progress: bool = True,
         log_every: int = 10, evaluate: Callable[[], float] | None = None, eval_every: int = 0,
-        patience: int | None = None) -> FitResult:
+        patience: int | None = None, on_score: Callable[[int, float], None] | None = None) -> FitResult:
     """Optimise ``params`` on ``loss_at(step) -> (loss, tokens)``.
 
     ``checkpoint`` (a file) is written every ``cfg.checkpoint_every`` steps and when a budget
@@ -203,6 +203,8 @@ def fit(params: dict[str, nn.Parameter], loss_at: Callable[[int], tuple[torch.Te
         nonlocal best
         value = float(evaluate())  # type: ignore[misc]
         dev.append((step, round(value, 4)))
+        if on_score is not None:  # e.g. a snapshot of the parameters at this step (learning curves)
+            on_score(step, value)
         if best is None or value > best[1]:
             best = (step, value, {n: p.detach().clone() for n, p in zip(names, plist, strict=True)})
         bar.write(f"{desc}: step {step} dev {value:.2f} (best {best[1]:.2f} at step {best[0]})")

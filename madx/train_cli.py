@@ -188,13 +188,27 @@ def cmd_lang(args) -> int:
 
         def evaluate() -> float:  # higher is better for fit(): minus the full-vocabulary dev loss
             return -mlm_eval(model, head, dev, stack)["loss"]
+    snap = None
+    if args.snapshots is not None:  # the adapter at every dev scoring, for curves of MLM loss vs zero-shot F1
+        from safetensors.torch import save_file
+
+        from .artifacts import config_to_json
+
+        def snap(step: int, value: float) -> None:
+            d = args.snapshots / name
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "adapter_config.json").write_text(json.dumps(config_to_json(cfg_a), indent=1))
+            save_file({k: v.detach().to(torch.float16).contiguous() for k, v in mod.state_dict().items()},
+                      str(d / f"step-{step:06d}.safetensors"))
+            with open(d / "scores.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "dev_mlm_loss": -value}) + "\n")
     res = fit(dict(mod.named_parameters()),
               mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg, candidates=args.candidates), cfg,
               _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov,
                                         "max_lines": args.max_lines, "dev_lines": len(dev_lines),
                                         "candidates": args.candidates},
               f"lang {name}", not args.no_progress, evaluate=evaluate, eval_every=args.eval_every,
-              patience=args.patience)
+              patience=args.patience, on_score=snap)
     extra = {"mlm_loss": res.summary()["last_loss"], "lines": len(lines), "dropped_eval_lines": dropped,
              "language": args.language}
     if dev is not None and res.done:
@@ -482,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out this many training lines as an MLM dev set (full-vocabulary loss)")
     p.add_argument("--eval-every", type=int, default=0, help="score the MLM dev set every N steps")
     p.add_argument("--patience", type=int, default=None, help="stop after this many dev scorings without a new best")
+    p.add_argument("--snapshots", type=Path, default=None,
+                   help="save the adapter (fp16) at every dev scoring under DIR/NAME/ (learning curves)")
     p.add_argument("--candidates", type=int, default=None,
                    help="train the MLM softmax over the N most frequent ids of the text (+ each batch's labels)")
     p.add_argument("--leave-out", type=int, nargs="*", default=[], help="layers without the bottleneck adapter")

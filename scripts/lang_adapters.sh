@@ -5,6 +5,7 @@
 # patience 3; the best step is kept). Resumable: each run has a time budget and a re-run continues
 # where it stopped, so languages are trained in turns over several sessions.
 #   scripts/lang_adapters.sh STORE [MINUTES_EACH] [LANG...]
+# SNAPSHOTS=DIR keeps the adapter at every dev scoring (for curves of MLM loss against zero-shot F1).
 set -uo pipefail
 STORE=${1:?store}
 MIN=${2:-6}
@@ -19,7 +20,7 @@ for variant in ${VARIANTS:-full noinv}; do  # every language's full adapter firs
     $T lang --store "$STORE" --language "$code" --name "$name" --corpus --reduction-factor 2 \
       --steps 600 --batch-size 16 --max-len 128 --lr 5e-4 --candidates 16384 --dev-lines 200 \
       --eval-every 50 --patience 3 --checkpoint-every 50 --max-minutes "$MIN" --threads 2 --no-progress \
-      --save-dtype float16 "${extra[@]}"
+      --save-dtype float16 ${SNAPSHOTS:+--snapshots "$SNAPSHOTS"} "${extra[@]}"
     rc=$?
     [ $rc -eq 0 ] || [ $rc -eq 3 ] || echo "lang $name failed with exit code $rc" >&2
   done

@@ -15,7 +15,7 @@ tasks() { TASKS=$1 SEEDS=$2 ROWS=$3 MAX_MINUTES=${TASK_MINUTES:-90} "$H/madx_pro
 # the task adapters need the English adapters: give them time to finish (a re-run resumes them)
 MIN=${EN_MINUTES:-90} lang "full noinv" en
 tasks ner 0 "madx noinv"
-lang full "$UNSEEN"
+SNAPSHOTS=$S/.snapshots lang full "$UNSEEN"  # snapshots: MLM loss vs zero-shot F1 curves
 lang noinv "$UNSEEN"
 tasks ner 1 "taskonly madx noinv"
 lang full "$SEEN"

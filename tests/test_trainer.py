@@ -136,12 +136,20 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
     assert main(["lang", *common, "--language", "sw", "--text", str(FIX / "text_sw.txt"), "--steps", "3",
                  "--exclude-conll", str(FIX / "ner_en.conll")]) == 0
     assert main(["lang", *common, "--language", "en", "--text", str(FIX / "text_sw.txt"), "--steps", "2"]) == 0
+    # snapshots at every dev scoring (learning curves): one file per scoring and its dev loss
+    text = tmp_path / "sw30.txt"  # a dev cut needs 10 training lines per dev line
+    text.write_text("".join(f"{ln} {i}\n" for i in range(5) for ln in (FIX / "text_sw.txt").read_text().splitlines()))
+    assert main(["lang", *common, "--language", "sw", "--name", "sw-curve", "--text", str(text),
+                 "--steps", "4", "--dev-lines", "2", "--eval-every", "2", "--snapshots", str(tmp_path / "snap")]) == 0
+    snaps = sorted(p.name for p in (tmp_path / "snap" / "sw-curve").iterdir())
+    assert snaps == ["scores.jsonl", "step-000002.safetensors", "step-000004.safetensors"]
+    assert [json.loads(x)["step"] for x in (tmp_path / "snap" / "sw-curve" / "scores.jsonl").read_text().splitlines()] == [2, 4]
     assert main(["task", *common, "--task", "ner", "--name", "ner", "--lang-adapter", "en",
                  "--train", str(FIX / "ner_en.conll"), "--steps", "4", "--max-len", "32"]) == 0
     assert main(["task", *common, "--task", "qa", "--name", "qa", "--train", str(FIX / "qa.json"), "--steps", "2",
                  "--max-len", "64", "--stride", "16"]) == 0
     m = read_manifest(store)["adapters"]
-    assert sorted(m) == ["en", "ner", "qa", "sw"]
+    assert sorted(m) == ["en", "ner", "qa", "sw", "sw-curve"]
     assert m["ner"]["data"][0]["sha256"] and m["sw"]["metrics"]["lines"] == 6
     out = tmp_path / "results.json"
     assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
