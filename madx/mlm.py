@@ -84,7 +84,8 @@ def mlm_loss(model: MadxModel, head: MlmHead, inputs: torch.Tensor, attention_ma
     hidden = model.invertible(hidden, plan, reverse=True)
     at = labels != IGNORE  # (B, T)
     y = labels[at]  # (N,)
+    h = hidden[at].float()  # (N, H); the head is fp32 (a bf16 backbone: --backbone-dtype)
     if vocab is None:
-        return F.cross_entropy(head(hidden[at]), y)  # (N, V) logits
+        return F.cross_entropy(head(h), y)  # (N, V) logits
     ids, pos = torch.unique(torch.cat([vocab, y]), return_inverse=True)
-    return F.cross_entropy(head(hidden[at], ids), pos[len(vocab):])  # (N, |ids|) logits
+    return F.cross_entropy(head(h, ids), pos[len(vocab):])  # (N, |ids|) logits

@@ -42,6 +42,8 @@ def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, m
     p.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing checkpoint")
     p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backbone-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the frozen backbone's precision while training (adapters and their updates stay fp32)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -52,7 +54,7 @@ def _cfg(args):
                        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
 
 
-def _setup(args):
+def _setup(args, precision: bool = True):
     from .backbone import load_backbone
     from .model import MadxModel
 
@@ -61,7 +63,12 @@ def _setup(args):
     bb = load_backbone(args.backbone)
     if bb.tokenizer is None:
         raise SystemExit(f"backbone {args.backbone!r} has no tokenizer; training needs a real backbone")
-    return MadxModel(bb.model, bb.name), bb.tokenizer
+    model = MadxModel(bb.model, bb.name)
+    if precision and getattr(args, "backbone_dtype", "fp32") != "fp32":
+        from .precision import set_backbone_dtype
+
+        set_backbone_dtype(model, args.backbone_dtype, torch.float32)
+    return model, bb.tokenizer
 
 
 def _checkpoint(args, name: str) -> Path:
@@ -78,7 +85,8 @@ def _finish(args, model, name: str, result, prov: list, extra: dict[str, Any]) -
         print(f"stopped by --max-minutes at step {result.step}/{result.steps}; checkpoint kept, re-run the same "
               f"command to resume", file=sys.stderr)
         return 3
-    training = {"config": {**_cfg(args).identity(), "max_minutes": args.max_minutes}, "result": result.summary(),
+    training = {"config": {**_cfg(args).identity(), "max_minutes": args.max_minutes,
+                           "backbone_dtype": getattr(args, "backbone_dtype", "fp32")}, "result": result.summary(),
                 "data": prov, "command": " ".join(sys.argv), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     dtype = torch.float16 if args.save_dtype == "float16" else None
     entry = save_to_store(model, name, args.store, training=training, extra={"metrics": extra, "data": prov}, dtype=dtype)
@@ -385,7 +393,7 @@ def cmd_eval(args) -> int:
     from .artifacts import load_store, read_manifest
     from .train import evaluate_ner, evaluate_qa
 
-    model, tok = _setup(args)
+    model, tok = _setup(args, precision=False)
     if args.backbone_dtype != "fp32":
         from .precision import FLOAT, set_backbone_dtype
 

@@ -6,6 +6,7 @@
 # where it stopped, so languages are trained in turns over several sessions.
 #   scripts/lang_adapters.sh STORE [MINUTES_EACH] [LANG...]
 # SNAPSHOTS=DIR keeps the adapter at every dev scoring (for curves of MLM loss against zero-shot F1).
+# BACKBONE_DTYPE=bf16 trains over a bf16 backbone (1.7x faster steps here; the adapters stay fp32).
 set -uo pipefail
 STORE=${1:?store}
 MIN=${2:-6}
@@ -20,7 +21,7 @@ for variant in ${VARIANTS:-full noinv}; do  # every language's full adapter firs
     $T lang --store "$STORE" --language "$code" --name "$name" --corpus --reduction-factor 2 \
       --steps 600 --batch-size 16 --max-len 128 --lr 5e-4 --candidates 16384 --dev-lines 200 \
       --eval-every 50 --patience 3 --checkpoint-every 50 --max-minutes "$MIN" --threads 2 --no-progress \
-      --save-dtype float16 ${SNAPSHOTS:+--snapshots "$SNAPSHOTS"} "${extra[@]}"
+      --save-dtype float16 ${SNAPSHOTS:+--snapshots "$SNAPSHOTS"} ${BACKBONE_DTYPE:+--backbone-dtype "$BACKBONE_DTYPE"} "${extra[@]}"
     rc=$?
     [ $rc -eq 0 ] || [ $rc -eq 3 ] || echo "lang $name failed with exit code $rc" >&2
   done

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from madx.artifacts import load_store, read_manifest
+from madx.artifacts import load_store, read_artifact, read_manifest
 from madx.backbone import load_backbone
 from madx.config import AdapterConfig, AdapterStack
 from madx.data import read_conll, read_squad
@@ -142,14 +142,20 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
     assert main(["lang", *common, "--language", "sw", "--name", "sw-curve", "--text", str(text),
                  "--steps", "4", "--dev-lines", "2", "--eval-every", "2", "--snapshots", str(tmp_path / "snap")]) == 0
     snaps = sorted(p.name for p in (tmp_path / "snap" / "sw-curve").iterdir())
-    assert snaps == ["scores.jsonl", "step-000002.safetensors", "step-000004.safetensors"]
+    assert snaps == ["adapter_config.json", "scores.jsonl", "step-000002.safetensors", "step-000004.safetensors"]
     assert [json.loads(x)["step"] for x in (tmp_path / "snap" / "sw-curve" / "scores.jsonl").read_text().splitlines()] == [2, 4]
     assert main(["task", *common, "--task", "ner", "--name", "ner", "--lang-adapter", "en",
                  "--train", str(FIX / "ner_en.conll"), "--steps", "4", "--max-len", "32"]) == 0
     assert main(["task", *common, "--task", "qa", "--name", "qa", "--train", str(FIX / "qa.json"), "--steps", "2",
                  "--max-len", "64", "--stride", "16"]) == 0
+    # training over a bf16 backbone (faster on CPUs with native bf16): the adapter stays fp32, the
+    # artifact records the precision it was trained at
+    assert main(["task", *common, "--task", "ner", "--name", "ner-bf16", "--lang-adapter", "en", "--backbone-dtype",
+                 "bf16", "--train", str(FIX / "ner_en.conll"), "--steps", "3", "--max-len", "32"]) == 0
+    meta, _ = read_artifact(store / "ner-bf16")
+    assert meta["training"]["config"]["backbone_dtype"] == "bf16"
     m = read_manifest(store)["adapters"]
-    assert sorted(m) == ["en", "ner", "qa", "sw", "sw-curve"]
+    assert sorted(m) == ["en", "ner", "ner-bf16", "qa", "sw", "sw-curve"]
     assert m["ner"]["data"][0]["sha256"] and m["sw"]["metrics"]["lines"] == 6
     out = tmp_path / "results.json"
     assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
