@@ -85,9 +85,10 @@ def quantize_int8(module: torch.nn.Module) -> None:
     quantize_(module, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
 
 
-def set_backbone_dtype(model, name: str, adapter_dtype: torch.dtype = torch.float32) -> str:
+def set_backbone_dtype(model, name: str, adapter_dtype: torch.dtype | str = torch.float32) -> str:
     """Convert ``model.backbone`` (a MadxModel's, before any adapter is added) in place; returns the
-    name used. ``adapter_dtype`` is the dtype adapters are created in from now on."""
+    name used. ``adapter_dtype``, the dtype adapters are created in from now on: a torch dtype,
+    ``"fp32"``, or ``"backbone"`` (the resolved backbone's float dtype; fp32 for int8)."""
     if model.adapters:
         raise ValueError("set the backbone dtype before adding adapters "
                          f"(loaded: {sorted(model.configs)})")
@@ -97,6 +98,10 @@ def set_backbone_dtype(model, name: str, adapter_dtype: torch.dtype = torch.floa
         model.backbone.to(FLOAT[name])
     else:  # int8: the encoder's Linear layers only (embeddings and LayerNorms stay fp32)
         quantize_int8(model.backbone.encoder)
+    if isinstance(adapter_dtype, str):
+        if adapter_dtype not in ("fp32", "backbone"):
+            raise ValueError(f"adapter_dtype {adapter_dtype!r} is unknown; use 'fp32' or 'backbone'")
+        adapter_dtype = FLOAT.get(name, torch.float32) if adapter_dtype == "backbone" else torch.float32
     model.adapter_dtype = adapter_dtype
     model.backbone_dtype = name
     return name

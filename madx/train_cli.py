@@ -54,7 +54,7 @@ def _cfg(args):
                        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
 
 
-def _setup(args, precision: bool = True):
+def _setup(args):
     from .backbone import load_backbone
     from .model import MadxModel
 
@@ -64,10 +64,10 @@ def _setup(args, precision: bool = True):
     if bb.tokenizer is None:
         raise SystemExit(f"backbone {args.backbone!r} has no tokenizer; training needs a real backbone")
     model = MadxModel(bb.model, bb.name)
-    if precision and getattr(args, "backbone_dtype", "fp32") != "fp32":
+    if getattr(args, "backbone_dtype", "fp32") != "fp32":  # training: adapters fp32; eval: --adapter-dtype
         from .precision import set_backbone_dtype
 
-        set_backbone_dtype(model, args.backbone_dtype, torch.float32)
+        set_backbone_dtype(model, args.backbone_dtype, getattr(args, "adapter_dtype", "fp32"))
     return model, bb.tokenizer
 
 
@@ -393,13 +393,7 @@ def cmd_eval(args) -> int:
     from .artifacts import load_store, read_manifest
     from .train import evaluate_ner, evaluate_qa
 
-    model, tok = _setup(args, precision=False)
-    if args.backbone_dtype != "fp32":
-        from .precision import FLOAT, set_backbone_dtype
-
-        set_backbone_dtype(model, args.backbone_dtype,
-                           FLOAT.get(args.backbone_dtype, torch.float32) if args.adapter_dtype == "backbone"
-                           else torch.float32)
+    model, tok = _setup(args)
     manifest = read_manifest(args.store)["adapters"]
     load_store(model, args.store, [args.task_adapter])
     task_type = model.configs[args.task_adapter].head.task_type

@@ -23,7 +23,7 @@ from madx.features import ner_features, qa_windows
 from madx.langid import Detector, load_profiles
 from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
-from madx.precision import FLOAT, set_backbone_dtype
+from madx.precision import set_backbone_dtype
 from madx.train import pad
 
 from . import compute
@@ -86,12 +86,6 @@ def check_qa_limits(lim: Limits, question: str, context: str, top_k: int) -> Non
         raise RequestError(422, f"top_k {top_k} is above the limit {lim.max_top_k} (limits.max_top_k)")
 
 
-ADAPTER_DTYPES = {  # settings.adapter_dtype -> the dtype adapters are created in (int8: fp32)
-    "fp32": lambda model: torch.float32,
-    "backbone": lambda model: FLOAT.get(model.backbone_dtype, torch.float32),
-}
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +136,7 @@ class Engine:
         self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
         self.model.adapter_kernel = settings.batching.adapter_kernel
         try:
-            set_backbone_dtype(self.model, settings.backbone_dtype, ADAPTER_DTYPES[settings.adapter_dtype](self.model))
+            set_backbone_dtype(self.model, settings.backbone_dtype, settings.adapter_dtype)
         except ValueError as e:
             raise RuntimeError(f"backbone_dtype: {e}") from None
         self.cache = AdapterCache(self.model, settings.adapter_store, settings.cache.max_device_adapters,

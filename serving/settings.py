@@ -124,8 +124,9 @@ class Settings(_Strict):
         "auto", description="precision of the frozen backbone (madx/precision.py). auto: bf16 on a GPU or on a CPU "
         "with native bf16 matmuls (AVX512-BF16/AMX), else fp32. fp16 needs CUDA; int8 is CPU only")
     adapter_dtype: Literal["fp32", "backbone"] = Field(
-        "backbone", description="adapters in the backbone's dtype (bf16 adapters on a bf16 backbone: 8% faster, "
-        "F1 within 0.1 of fp32 adapters, docs/BENCHMARKS.md), or fp32 (cast at their input and output)")
+        "fp32", description="fp32 adapters (cast at their input and output), or adapters in the backbone's dtype "
+        "(bf16 on a bf16 backbone: 8% faster at the same F1, but a row's scores then move by more than 1e-3 with "
+        "the rows it is batched with; docs/BENCHMARKS.md)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per backbone replica")
     api_key: SecretStr | None = Field(None, description="if set, every endpoint needs header X-API-Key; admin always")
     host: str = "127.0.0.1"

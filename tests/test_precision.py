@@ -102,3 +102,9 @@ def test_dtype_after_adapters_is_refused():
     m = build()
     with pytest.raises(ValueError, match="before adding adapters"):
         set_backbone_dtype(m, "bf16")
+
+
+def test_unknown_adapter_dtype_is_refused():
+    m = tiny_madx("xlm-roberta", seed=11, hidden_size=64, heads=4)
+    with pytest.raises(ValueError, match="adapter_dtype 'int4' is unknown"):
+        set_backbone_dtype(m, "bf16", "int4")

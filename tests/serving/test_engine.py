@@ -418,3 +418,11 @@ def test_backbone_dtype_and_adapter_kernel_serve_the_same_answers(make_engine, d
 def test_fp16_backbone_on_cpu_is_a_clear_startup_error(make_engine):
     with pytest.raises(RuntimeError, match="backbone_dtype: backbone_dtype 'fp16' needs a CUDA device"):
         make_engine(backbone_dtype="fp16", device="cpu")
+
+
+@pytest.mark.parametrize("dtype,adapters,want", [("bf16", "backbone", "torch.bfloat16"), ("bf16", "fp32", "torch.float32"),
+                                                 ("fp32", "backbone", "torch.float32"), ("int8", "backbone", "torch.float32")])
+def test_adapter_dtype_follows_the_resolved_backbone(make_engine, dtype, adapters, want):
+    eng = make_engine(backbone_dtype=dtype, adapter_dtype=adapters)
+    run(eng.ner([TEXT["sw"][0]], "sw", False))  # the adapters are resident once used
+    assert {str(p.dtype) for p in eng.model.adapters.parameters()} == {want}
