@@ -59,6 +59,20 @@ def windows(engine: Engine, reqs) -> list[list[int]]:
             for f in ner_features(engine.tok, [t], [[(w.start, w.end) for w in split_words(t)]], None, engine.ner_window)]
 
 
+def timed_passes(forward, seqs: list[list[int]], batches: list[list[int]], pad_id: int, repeats: int) -> float:
+    """Best-of-``repeats`` real tokens/s of ``forward(ids, mask, rows)`` over ``batches`` of ``seqs``."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for idx in batches:
+                ids = pad([seqs[i] for i in idx], pad_id)
+                lens = torch.tensor([len(seqs[i]) for i in idx])
+                forward(ids, (torch.arange(ids.shape[1])[None, :] < lens[:, None]).long(), idx)
+        best = min(best, time.perf_counter() - t0)
+    return sum(map(len, seqs)) / best
+
+
 def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int, per_row: bool = False) -> float:
     """HF encoder forward (no adapters), length-sorted batches under the same token budget; or, with
     ``per_row``, every window alone (the ceiling of batching's gain over per-request passes)."""
@@ -68,15 +82,8 @@ def bench_backbone(engine: Engine, seqs: list[list[int]], repeats: int, per_row:
     batches = ([[i] for i in range(len(seqs))] if per_row else
                plan_batches([len(s) for s in seqs], b.max_batch_tokens, b.max_batch_rows))
     enc = engine.model.backbone
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for idx in batches:
-                ids = pad([seqs[i] for i in idx], engine.tok.pad_token_id)
-                enc(input_ids=ids, attention_mask=(ids != engine.tok.pad_token_id).long())
-        best = min(best, time.perf_counter() - t0)
-    return sum(map(len, seqs)) / best
+    return timed_passes(lambda ids, mask, _: enc(input_ids=ids, attention_mask=mask), seqs, batches,
+                        engine.tok.pad_token_id, repeats)
 
 
 def bench_model(engine: Engine, reqs, repeats: int) -> float:
@@ -93,17 +100,8 @@ def bench_model(engine: Engine, reqs, repeats: int) -> float:
             stacks.append(st)
     b = engine.s.batching
     batches = plan_batches([len(s) for s in seqs], b.max_batch_tokens, b.max_batch_rows)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for idx in batches:
-                ids = pad([seqs[i] for i in idx], engine.tok.pad_token_id)
-                lens = torch.tensor([len(seqs[i]) for i in idx])
-                mask = (torch.arange(ids.shape[1])[None, :] < lens[:, None]).long()
-                engine.model(ids, mask, [stacks[i] for i in idx])
-        best = min(best, time.perf_counter() - t0)
-    return sum(map(len, seqs)) / best
+    return timed_passes(lambda ids, mask, idx: engine.model(ids, mask, [stacks[i] for i in idx]), seqs, batches,
+                        engine.tok.pad_token_id, repeats)
 
 
 def bench_engine(engine: Engine, reqs, concurrency: int, repeats: int, policy: str) -> dict:
@@ -261,7 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--backbone-dtype", default="auto", choices=("auto", "fp32", "bf16", "int8"))
-    ap.add_argument("--adapter-dtype", default="backbone", choices=("fp32", "backbone"))
+    ap.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "backbone"))
     ap.add_argument("--adapter-kernel", default="auto", choices=("auto", "runs", "gathered"))
     ap.add_argument("--topologies", nargs="+", default=["single", "two_hop"], choices=("single", "two_hop"))
     ap.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the served runs (e.g. MADX_THREADS=1)")
