@@ -41,7 +41,9 @@ def single(served):
 
 def test_single_topology_serves_and_reports(single):
     u, h = single["url"], single["headers"]
-    deployments = {d for d in __import__("ray").serve.status().applications["madx-single"].deployments}
+    from ray import serve
+
+    deployments = set(serve.status().applications["madx-single"].deployments)
     assert deployments == {"Server", "Control"}  # no separate Ingress: one hop
     r = httpx.post(f"{u}/v1/ner", json={"text": TEXT["sw"][0], "language": "sw", "return_tokens": True}, headers=h)
     assert r.status_code == 200, r.text
