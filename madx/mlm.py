@@ -50,10 +50,13 @@ class MlmHead(nn.Module):
         return self.norm(F.gelu(self.dense(h)))
 
     def forward(self, h: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, H) -> (N, V) logits, or (N, len(vocab)) over the token ids ``vocab`` only."""
-        if vocab is None:
-            return F.linear(self.transform(h), self.decoder_weight, self.bias)
-        return F.linear(self.transform(h), self.decoder_weight[vocab], self.bias[vocab])
+        """(N, H) -> (N, V) logits, or (N, len(vocab)) over the token ids ``vocab`` only. The tied
+        decoder follows the backbone's dtype (bf16 with --backbone-dtype bf16); the head computes in
+        its own (fp32), so the decoder rows are cast to it."""
+        x = self.transform(h)  # (N, H)
+        w = self.decoder_weight if vocab is None else self.decoder_weight[vocab]  # (V or |vocab|, H)
+        b = self.bias if vocab is None else self.bias[vocab]
+        return F.linear(x, w.to(x.dtype), b)
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vocab_size: int,

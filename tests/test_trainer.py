@@ -154,8 +154,13 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
                  "bf16", "--train", str(FIX / "ner_en.conll"), "--steps", "3", "--max-len", "32"]) == 0
     meta, _ = read_artifact(store / "ner-bf16")
     assert meta["training"]["config"]["backbone_dtype"] == "bf16"
+    # a language adapter over a bf16 backbone: the frozen fp32 MLM head meets the bf16 tied decoder
+    # (both the candidate-softmax training loss and the full-vocabulary dev loss)
+    assert main(["lang", *common, "--language", "sw", "--name", "sw-bf16", "--text", str(text), "--steps", "2",
+                 "--candidates", "64", "--dev-lines", "2", "--eval-every", "2", "--backbone-dtype", "bf16"]) == 0
+    assert read_artifact(store / "sw-bf16")[0]["training"]["config"]["backbone_dtype"] == "bf16"
     m = read_manifest(store)["adapters"]
-    assert sorted(m) == ["en", "ner", "ner-bf16", "qa", "sw", "sw-curve"]
+    assert sorted(m) == ["en", "ner", "ner-bf16", "qa", "sw", "sw-bf16", "sw-curve"]
     assert m["ner"]["data"][0]["sha256"] and m["sw"]["metrics"]["lines"] == 6
     out = tmp_path / "results.json"
     assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
