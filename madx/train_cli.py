@@ -438,35 +438,66 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """Results JSON -> Markdown: per row and target, the mean over seeds and its spread (half the
+    range); languages the backbone saw in pre-training marked †; means over the unseen and the seen
+    targets that every row of the table has (so rows are compared on the same languages); and the
+    difference of each row to the first (per seed, then averaged) on the unseen targets."""
+    from .corpus import PRETRAINED
+
     rows = json.loads(args.results.read_text())
     lines = []
     for task in ("ner", "qa"):
         rs = [r for r in rows if r["task"] == task]
         if not rs:
             continue
-        metric = "f1"
         langs = list(dict.fromkeys(r["language"] for r in rs))
         names = list(dict.fromkeys(r["row"] for r in rs))
+        seen = {lang: lang.split("-")[0] in PRETRAINED for lang in langs}
+        cell = {(r["row"], r["language"], r["seed"]): r for r in rs}
+        seeds = sorted({r["seed"] for r in rs}, key=str)
+        # targets every row has for every seed it ran: the means compare rows on the same languages
+        common = [lang for lang in langs if lang != args.source and all(
+            any((n, lang, sd) in cell for sd in seeds) for n in names)]
         what = "entity F1" if task == "ner" else "F1 / EM (question-blind baseline F1)"
-        lines += [f"### {task.upper()} ({what}, mean over seeds)", "",
-                  "| row | " + " | ".join(langs) + " | mean (targets) |", "|---" * (len(langs) + 2) + "|"]
+        lines += [f"### {task.upper()} ({what}; mean over seeds ± half their range; † seen in pre-training)", "",
+                  "| row | " + " | ".join(lang + (" †" if seen[lang] else "") for lang in langs)
+                  + " | mean unseen | mean seen |", "|---" * (len(langs) + 3) + "|"]
+        per_seed: dict[str, dict] = {}
         for n in names:
-            cells, targets = [], []
+            cells = []
             for lang in langs:
-                vals = [r for r in rs if r["row"] == n and r["language"] == lang]
+                vals = [cell[(n, lang, sd)] for sd in seeds if (n, lang, sd) in cell]
                 if not vals:
                     cells.append("–")
                     continue
-                f1 = sum(v[metric] for v in vals) / len(vals)
-                if lang != args.source:
-                    targets.append(f1)
-                seeds = f" (n={len(vals)})" if len(vals) > 1 else ""
+                f1s = [v["f1"] for v in vals]
+                f1 = sum(f1s) / len(f1s)
+                spread = f" ±{(max(f1s) - min(f1s)) / 2:.1f}" if len(f1s) > 1 else ""
                 em = f" / {sum(v['exact_match'] for v in vals) / len(vals):.1f}" if task == "qa" else ""
                 blind = [v["blind_f1"] for v in vals if v.get("blind_f1") is not None]
                 em += f" (blind {sum(blind) / len(blind):.1f})" if blind else ""
-                cells.append(f"{f1:.1f}{em}{seeds}")
-            mean = f"{sum(targets) / len(targets):.1f}" if targets else "–"
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
+                cells.append(f"{f1:.1f}{spread}{em}")
+            means = []
+            for want_seen in (False, True):
+                group = [lang for lang in common if seen[lang] == want_seen]
+                by_seed = {sd: sum(cell[(n, lang, sd)]["f1"] for lang in group) / len(group)
+                           for sd in seeds if group and all((n, lang, sd) in cell for lang in group)}
+                if not want_seen:
+                    per_seed[n] = by_seed
+                vals = list(by_seed.values())
+                means.append(f"{sum(vals) / len(vals):.1f}" + (f" ±{(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1
+                                                                  else "") if vals else "–")
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {means[0]} | {means[1]} |")
+        unseen = [lang for lang in common if not seen[lang]]
+        lines += ["", f"Means over the targets every row has: unseen {', '.join(unseen) or '–'}; seen "
+                  f"{', '.join(lang for lang in common if seen[lang]) or '–'}."]
+        base = names[0]
+        for n in names[1:]:
+            both = [sd for sd in per_seed[n] if sd in per_seed[base]]
+            if both:
+                d = [per_seed[n][sd] - per_seed[base][sd] for sd in both]
+                lines.append(f"- {n} − {base}, mean over the unseen targets: {sum(d) / len(d):+.1f} "
+                             f"(per seed: {', '.join(f'{x:+.1f}' for x in d)})")
         lines.append("")
     text = "\n".join(lines)
     if args.md:

@@ -60,7 +60,7 @@ for p in yo:yor ig:ibo rw:kin lg:lug luo:luo pcm:pcm wo:wol ha:hau am:amh sw:swa
 done
 QA_TEST=(en="$X/xquad.en.json" ar="$X/xquad.ar.json" zh="$X/xquad.zh.json")
 QA_TY=(sw-tydiqa="$TY/train/tydiqa.goldp.sw.train.json")
-E="eval --store $STORE --threads ${THREADS:-2} --no-progress --skip-missing --out $OUT"  # partial runs: targets without an adapter yet are skipped (and said)
+E="eval --store $STORE --threads ${THREADS:-2} --no-progress --skip-missing --out $OUT ${BACKBONE_DTYPE:+--backbone-dtype $BACKBONE_DTYPE}"  # partial runs: targets without an adapter yet are skipped (and said)
 rm -f "$OUT"
 for s in $SEEDS; do
   $T $E --task-adapter ner-taskonly-s$s --no-lang-adapter --row "(a) task adapter only" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"

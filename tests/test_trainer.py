@@ -348,3 +348,19 @@ def test_derive_drops_the_last_layer_and_keeps_the_rest_exactly(tmp_path):
     assert set(dst) < set(src) and all(torch.equal(src[k], dst[k]) for k in dst)
     assert read_manifest(tmp_path)["adapters"]["sw-v2"]["metrics"] == {"language": "sw", "derived_from": "sw",
                                                                        "leave_out": [last]}
+
+
+def test_report_compares_rows_on_the_same_targets_with_their_spread(tmp_path, capsys):
+    rows = [("(a)", 0, "yo", 30.0), ("(a)", 1, "yo", 32.0), ("(a)", 0, "sw", 60.0), ("(a)", 1, "sw", 62.0),
+            ("(a)", 0, "ig-masakhaner", 40.0), ("(a)", 1, "ig-masakhaner", 40.0),  # (c) has no ig: left out
+            ("(c)", 0, "yo", 36.0), ("(c)", 1, "yo", 34.0), ("(c)", 0, "sw", 58.0), ("(c)", 1, "sw", 58.0),
+            ("(c)", 0, "en", 80.0)]  # the source language is never a target
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps([{"row": r, "seed": s, "task": "ner", "language": lang, "f1": f}
+                               for r, s, lang, f in rows]))
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| row | yo | sw † | ig-masakhaner | en † | mean unseen | mean seen |" in text
+    assert "| (a) | 31.0 ±1.0 | 61.0 ±1.0 | 40.0 ±0.0 | – | 31.0 ±1.0 | 61.0 ±1.0 |" in text
+    assert "| (c) | 35.0 ±1.0 | 58.0 ±0.0 | – | 80.0 | 35.0 ±1.0 | 58.0 ±0.0 |" in text
+    assert "(c) − (a), mean over the unseen targets: +4.0 (per seed: +6.0, +2.0)" in text
