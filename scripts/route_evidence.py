@@ -3,12 +3,13 @@
 
     python scripts/route_evidence.py --store S [--tasks ner qa] [--max-dev 300] [--out docs/route_evidence.json]
 
-For each language adapter L of the store (its manifest language), on L's dev data (madx/corpus.py
-NER_DEV / QA_DEV), or on its related language's dev data where L has none: ``madx`` (L + task),
+For each language adapter L of the store (its manifest language), and each language with dev data
+but no adapter, on L's dev data (madx/corpus.py NER_DEV / QA_DEV), or on its related language's dev
+data where L has none: ``madx`` (L + task),
 ``task_only`` (the task adapter trained alone: --alone, the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R = corpus.RELATED[L]) and
 ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
-without evidence is the best on average over the measured languages the backbone did not see in
-pre-training. Dev splits only: nothing here reads a test file.
+without evidence (task_only or english: routes that need no adapter of the language's own) is the
+best on average over the measured languages the backbone did not see in pre-training. Dev splits only: nothing here reads a test file.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def main() -> None:
     served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
     root = corpus.default_root()
     evidence: dict = {}
-    for lang in sorted(served):
+    # every served language, and every language with dev data of its own even without an adapter
+    # (its routes: task_only, english, related:R), so the measured default covers few languages
+    with_dev = {lang for t in args.tasks for lang in (corpus.NER_DEV if t == "ner" else corpus.QA_DEV)}
+    for lang in sorted(served | with_dev):
         rel = corpus.RELATED.get(lang)
         routes = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}"]
         for task in args.tasks:
@@ -95,8 +99,10 @@ def main() -> None:
     for task in args.tasks:
         unseen = {lang: ev[task]["scores"] for lang, ev in evidence.items()
                   if task in ev and lang not in corpus.PRETRAINED and ev[task]["measured_on"] == lang}
+        # the default serves languages without evidence, mostly without an adapter: the routes that
+        # need none of their own
         common = set.intersection(*(set(s) for s in unseen.values())) if unseen else set()
-        generic = [r for r in common if r in ("task_only", "english", "madx")]
+        generic = [r for r in common if r in ("task_only", "english")]
         if generic:
             avg = {r: round(sum(s[r] for s in unseen.values()) / len(unseen), 2) for r in generic}
             default[task] = {"route": max(avg, key=avg.get), "over": sorted(unseen), "scores": avg}
