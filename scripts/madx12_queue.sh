@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's CPU training queue, in the order that gives usable results soonest: the English
 # adapters and the seed-0 NER task adapters on them, then the languages the backbone never saw
-# (the paper-effect target), then seed 1, then the seen languages, then QA. Every step is
+# (the paper-effect target), then seed 1 of rows (a) and (c), the seen languages, row (b) without
+# NICE, then QA. Every step is
 # resumable and skips finished artifacts, so re-running this after a stop continues the queue.
 #   scripts/madx12_queue.sh STORE [LANG_MINUTES]
 # Precision: the English adapters were trained over the fp32 backbone (before bf16 training was
@@ -19,11 +20,13 @@ tasks() { TASKS=$1 SEEDS=$2 ROWS=$3 MAX_MINUTES=${TASK_MINUTES:-90} "$H/madx_pro
 # the task adapters need the English adapters: give them time to finish (a re-run resumes them)
 BACKBONE_DTYPE= MIN=${EN_MINUTES:-90} lang "full noinv" en
 export BACKBONE_DTYPE=$DT
-tasks ner 0 "madx noinv"
+tasks ner 0 "madx"
 SNAPSHOTS=$S/.snapshots lang full "$UNSEEN"  # snapshots: MLM loss vs zero-shot F1 curves
-lang noinv "$UNSEEN"
-tasks ner 1 "taskonly madx noinv"
+tasks ner 1 "taskonly madx"  # rows (a) and (c) with two seeds: the paper-effect target
 lang full "$SEEN"
+tasks ner 0 "noinv"  # row (b): the ablation without NICE
+lang noinv "$UNSEEN"
+tasks ner 1 "noinv"
 tasks qa 0 "taskonly madx noinv"
 tasks qa 1 "taskonly madx noinv"
 lang noinv "$SEEN"
