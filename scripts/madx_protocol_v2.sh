@@ -63,11 +63,13 @@ QA_TY=(sw-tydiqa="$TY/train/tydiqa.goldp.sw.train.json")
 E="eval --store $STORE --threads ${THREADS:-2} --no-progress --skip-missing --out $OUT ${BACKBONE_DTYPE:+--backbone-dtype $BACKBONE_DTYPE}"  # partial runs: targets without an adapter yet are skipped (and said)
 rm -f "$OUT"
 for s in $SEEDS; do
+  [[ " ${TASKS:-ner qa} " == *" ner "* ]] || continue
   $T $E --task-adapter ner-taskonly-s$s --no-lang-adapter --row "(a) task adapter only" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-noinv-s$s --lang-suffix=-noinv --row "(b) MAD-X without inv" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-madx-s$s --row "(c) MAD-X" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-madx-s$s --fixed-lang-adapter en --row "(d) English stack" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
   $T $E --task-adapter ner-madx-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --drop-types DATE --test "${NER_TEST[@]}"
+  [[ " ${TASKS:-ner qa} " == *" qa "* ]] || continue
   for q in "--test ${QA_TEST[*]}" "--context-half test --test ${QA_TY[*]}"; do
     $T $E --task-adapter qa-taskonly-s$s --no-lang-adapter --row "(a) task adapter only" --seed-label "$s" --max-len 384 $q
     $T $E --task-adapter qa-noinv-s$s --lang-suffix=-noinv --row "(b) MAD-X without inv" --seed-label "$s" --max-len 384 $q
