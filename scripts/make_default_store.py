@@ -9,7 +9,7 @@ temporary directory first, so the source may be the destination).
 
 Weights are stored as float16 (half the size; loading casts back to the model's dtype). Each
 entry keeps its training metrics, data provenance and training config; detector profiles of the
-shipped languages are copied.
+shipped languages and the MLM head (``_mlm_head``) of the language source are copied.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterConfig  # noqa: E402
 from madx.langid import load_profiles, save_profile  # noqa: E402
 from madx.model import MadxModel  # noqa: E402
+from madx.train import MLM_HEAD_DIR  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,16 +40,20 @@ def main(argv=None) -> int:
     ap.add_argument("source", type=Path)
     ap.add_argument("--dest", type=Path, default=ROOT / "madx" / "default_store")
     ap.add_argument("--languages", nargs="+", required=True)
-    ap.add_argument("--task", action="append", default=[], help="SERVED_NAME=SOURCE_NAME")
+    ap.add_argument("--task", action="append", default=[], help="SERVED_NAME=SOURCE_NAME[@STORE] (default store: source)")
     ap.add_argument("--language-source", type=Path, default=None, help="store to take language adapters from")
     args = ap.parse_args(argv)
     lang_src = args.language_source or args.source
-    manifests = {args.source: read_manifest(args.source)["adapters"], lang_src: read_manifest(lang_src)["adapters"]}
+    tasks = []  # (served, source name, source store): SOURCE may name another store as NAME@STORE
+    for t in args.task:
+        served, src = t.split("=", 1)
+        name, _, store = src.partition("@")
+        tasks.append((served, name, Path(store) if store else args.source))
+    manifests = {s: read_manifest(s)["adapters"] for s in {args.source, lang_src, *(t[2] for t in tasks)}}
     bb = load_backbone()
     model = MadxModel(bb.model, bb.name)
     final, args.dest = args.dest, Path(tempfile.mkdtemp(prefix=".default_store.", dir=args.dest.parent))
-    pairs = ([(lang, lang, lang_src) for lang in args.languages]
-             + [(*t.split("=", 1), args.source) for t in args.task])
+    pairs = [(lang, lang, lang_src) for lang in args.languages] + tasks
     for served, source, store in pairs:
         src = manifests[store]
         load_store(model, store, [source])
@@ -63,6 +68,9 @@ def main(argv=None) -> int:
         extra["trained_as"] = src[source].get("trained_as", source)
         save_to_store(model, served, args.dest, training=meta.get("training"), extra=extra, dtype=torch.float16)
         model.remove_adapter(served)
+    head = lang_src / MLM_HEAD_DIR  # the frozen MLM head the language adapters were trained through
+    if head.exists():
+        shutil.copytree(head, args.dest / MLM_HEAD_DIR)
     profiles = load_profiles(lang_src)
     for lang in args.languages:
         save_profile(args.dest, lang, profiles[lang])
