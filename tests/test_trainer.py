@@ -159,8 +159,20 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
     assert main(["lang", *common, "--language", "sw", "--name", "sw-bf16", "--text", str(text), "--steps", "2",
                  "--candidates", "64", "--dev-lines", "2", "--eval-every", "2", "--backbone-dtype", "bf16"]) == 0
     assert read_artifact(store / "sw-bf16")[0]["training"]["config"]["backbone_dtype"] == "bf16"
+    # a warm start from another language adapter: with lr 0 the weights are exactly the source's;
+    # a source of another shape is refused
+    assert main(["lang", *common, "--language", "sw", "--name", "sw-from-en", "--init-from", "en", "--text",
+                 str(FIX / "text_sw.txt"), "--steps", "1", "--lr", "0"]) == 0
+    from madx.artifacts import read_artifact_bytes
+
+    (_, _, w_en), (_, _, w_sw) = (read_artifact_bytes(store / n).parse() for n in ("en", "sw-from-en"))
+    assert read_manifest(store)["adapters"]["sw-from-en"]["metrics"]["init_from"] == "en"
+    assert set(w_en) == set(w_sw) and all(torch.equal(w_en[k], w_sw[k]) for k in w_en)
+    with pytest.raises(SystemExit, match="does not fit"):
+        main(["lang", *common, "--language", "sw", "--name", "sw-rf4", "--init-from", "en", "--reduction-factor", "4",
+              "--text", str(FIX / "text_sw.txt"), "--steps", "1"])
     m = read_manifest(store)["adapters"]
-    assert sorted(m) == ["en", "ner", "ner-bf16", "qa", "sw", "sw-bf16", "sw-curve"]
+    assert sorted(m) == ["en", "ner", "ner-bf16", "qa", "sw", "sw-bf16", "sw-curve", "sw-from-en"]
     assert m["ner"]["data"][0]["sha256"] and m["sw"]["metrics"]["lines"] == 6
     out = tmp_path / "results.json"
     assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
