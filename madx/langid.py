@@ -10,7 +10,7 @@ store's character n-gram profiles (1- to 3-grams of each language adapter's trai
 Bayes with a floor for unseen n-grams). The two are combined so that each decides only what it can
 judge: the profiles pick among the served languages they know; their answer is taken only when it is
 a language CLD2 cannot name *and* CLD2's own answer is one the profiles weighed too (or CLD2 has no
-answer). So German stays ``de`` (no profile competes with it), while Pidgin, which CLD2 calls English,
+answer), and over a reliable CLD2 answer only with a posterior of at least 0.999. So German stays ``de`` (no profile competes with it), while Pidgin, which CLD2 calls English,
 becomes ``pcm`` when the store has a ``pcm`` profile and it beats the ``en`` profile.
 
 Codes are canonical (``madx.language_codes``): ISO 639-1 where one exists, else ISO 639-3.
@@ -116,7 +116,8 @@ def cld2(text: str) -> tuple[str | None, float]:
 class Detector:
     """CLD2 plus the store's profiles for the languages CLD2 cannot name (see the module doc)."""
 
-    def __init__(self, profiles: dict[str, dict[str, float]]) -> None:
+    def __init__(self, profiles: dict[str, dict[str, float]], override_posterior: float = 0.999) -> None:
+        self.override_posterior = override_posterior
         self.library = _library_languages()
         self.profiles = Profiles(profiles)
         self.specialist = frozenset(profiles) - self.library  # profiled languages only the profiles can name
@@ -133,7 +134,9 @@ class Detector:
         lang, conf = cld2(text)
         if self.specialist and (lang is None or lang in self.profiles.profiles):
             p_lang, p_conf = self.profiles.detect(text)
-            if p_lang in self.specialist:
+            # over a reliable CLD2 answer only when the profiles are all but certain: English news
+            # sentences full of names otherwise read as Pidgin (docs/LID.md)
+            if p_lang in self.specialist and (lang is None or conf < 0.5 or p_conf >= self.override_posterior):
                 return p_lang, round(p_conf, 4)
         return lang, conf
 

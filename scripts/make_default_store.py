@@ -27,12 +27,43 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from madx.artifacts import load_store, read_artifact, read_manifest, save_to_store  # noqa: E402
+from madx.artifacts import MANIFEST_FILE, load_store, read_artifact, read_manifest, save_to_store  # noqa: E402
 from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterConfig  # noqa: E402
 from madx.langid import load_profiles, save_profile  # noqa: E402
 from madx.model import MadxModel  # noqa: E402
 from madx.train import MLM_HEAD_DIR  # noqa: E402
+
+
+def add_routing(store: Path, routing: dict, languages: set[str], served_as: dict[str, str]) -> None:
+    """Write route evidence into ``store``'s manifest: routes needing a language adapter the store does
+    not ship are kept, for the record, under 'not_served' (the server never picks them), and the task
+    adapters it was measured with are mapped to their served names."""
+    from serving.routing import RouteError, stacks_for
+
+    source = routing.get("source_language", "en")
+    evidence = {}
+    for lang, tasks in routing["evidence"].items():
+        for task, ev in tasks.items():
+            ok, gone = {}, {}
+            for route, score in ev["scores"].items():
+                try:
+                    stacks_for(route, lang, task, source, languages)
+                    ok[route] = score
+                except RouteError:
+                    gone[route] = score
+            evidence.setdefault(lang, {})[task] = {**ev, "scores": ok, **({"not_served": gone} if gone else {})}
+    by_source = {v: k for k, v in served_as.items()}
+    measured = routing.get("task_adapters", {})
+    out = {**routing, "evidence": evidence,
+           "task_adapters": {t: {k: by_source.get(n, n) for k, n in names.items()} for t, names in measured.items()},
+           "measured_with": measured}
+    for task, d in (out.get("default") or {}).items():
+        d["scores"] = {r: v for r, v in d["scores"].items() if r != "english" or source in languages}
+        d["route"] = max(d["scores"], key=d["scores"].get) if d["scores"] else "task_only"
+    m = read_manifest(store)
+    m["routing"] = out
+    (store / MANIFEST_FILE).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv=None) -> int:
@@ -42,6 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--languages", nargs="+", required=True)
     ap.add_argument("--task", action="append", default=[], help="SERVED_NAME=SOURCE_NAME[@STORE] (default store: source)")
     ap.add_argument("--language-source", type=Path, default=None, help="store to take language adapters from")
+    ap.add_argument("--routing", type=Path, default=None,
+                    help="route evidence JSON (scripts/route_evidence.py --out) measured with the source adapters: "
+                         "stored in the manifest, with the routes that need an adapter this store leaves out moved "
+                         "to 'not_served'")
     args = ap.parse_args(argv)
     lang_src = args.language_source or args.source
     tasks = []  # (served, source name, source store): SOURCE may name another store as NAME@STORE
@@ -74,6 +109,9 @@ def main(argv=None) -> int:
     profiles = load_profiles(lang_src)
     for lang in args.languages:
         save_profile(args.dest, lang, profiles[lang])
+    if args.routing is not None:
+        add_routing(args.dest, json.loads(args.routing.read_text()), set(args.languages),
+                    {served: source for served, source, _ in tasks})
     if final.exists():
         shutil.rmtree(final)
     os.replace(args.dest, final)

@@ -1,13 +1,13 @@
 """Score the server's routing policy on test sets: each target is served by the route the store's
 evidence chooses for its language (serving/routing.py, as the server does), next to the task adapter
-trained alone. The evidence was measured on dev data (scripts/route_evidence.py); this is the
-held-out check of the policy that evidence drives.
+trained alone (row (a) of the protocol, with the same seed). The evidence was measured on dev data
+(scripts/route_evidence.py); this is the held-out check of the policy that evidence drives.
 
     python scripts/routed_test.py --store madx/default_store --out results.json \
         --test yo=.../test-yo.tsv ig-masakhaner=.../ibo/test.txt ...
 
 Targets are named as in madx-train eval (``<code>[-<set>]``); rows are appended to ``--out`` in
-its format (row "(r) by evidence", seed "shipped"), so ``madx-train report`` puts them beside the
+its format (row "(r) routed by evidence", seed --seed-label), so ``madx-train report`` puts them beside the
 protocol's rows.
 """
 
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--backbone-dtype", default="bf16")
     ap.add_argument("--drop-types", nargs="*", default=["DATE"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed-label", default="0", help="the seed of the shipped task adapters (rows are compared per seed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from madx.backbone import load_backbone
@@ -62,10 +63,10 @@ def main() -> int:
             raise SystemExit(f"{args.store} has no routing evidence; run scripts/route_evidence.py first")
         stacks = tuple(AdapterStack(st.language, name if st.language else alone) for st in choice.stacks)
         data = read_conll(Path(path))
-        for row, st in (("(r) by evidence", stacks), ("(a) shipped task adapter alone", (AdapterStack(None, alone),))):
+        for row, st in (("(r) routed by evidence", stacks),):
             t0 = time.monotonic()
             r = evaluate_ner(model, tok, st[0] if len(st) == 1 else st, data, drop_types=tuple(args.drop_types))
-            out = {"row": row, "seed": "shipped", "task": "ner", "language": target, "route": choice.route,
+            out = {"row": row, "seed": args.seed_label, "task": "ner", "language": target, "route": choice.route,
                    "route_reason": choice.reason, "stack": "|".join(map(str, st)), "backbone_dtype": model.backbone_dtype,
                    "test": path, "seconds": round(time.monotonic() - t0, 1),
                    **{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}}

@@ -48,6 +48,21 @@ def test_profiles_name_a_served_language_the_library_cannot():
     assert det.detect("Die Bundeskanzlerin traf sich gestern mit dem Präsidenten in Berlin.")[0] == "de"
 
 
+@pytest.mark.parametrize("text, lang", [
+    # English news sentences full of names read as Pidgin to the shipped profiles (posterior 0.93 and
+    # 0.54): a reliable CLD2 answer stands unless the profiles are all but certain
+    ("Angela Merkel met Emmanuel Macron in Paris on Tuesday.", "en"),
+    ("Microsoft opened a new office in Nairobi last year.", "en"),
+    ("Dem bin no dey just buy , dem also understand di music becos dem sabi am well well.", "pcm"),
+    ("Vibrant jazz scene bin dey for 1990s , but e don now give way to hip hop.", "pcm"),
+])
+def test_the_shipped_profiles_override_a_reliable_library_answer_only_when_near_certain(text, lang):
+    from madx.langid import load_profiles
+    from serving.settings import PACKAGED_STORE
+
+    assert Detector(load_profiles(PACKAGED_STORE)).detect(text)[0] == lang
+
+
 @pytest.mark.parametrize("text", ["", "12345 !!!", "   ", "🙂🙂"])
 def test_no_letters_is_undetermined(text):
     assert Detector({}).detect(text) == (None, 0.0)
