@@ -78,4 +78,10 @@ for s in $SEEDS; do
     $T $E --task-adapter qa-madx-s$s --lang-suffix=-v2 --row "(e) MAD-X 2.0" --seed-label "$s" --max-len 384 $q
   done
 done
+# (r): the shipped store's routing policy (its evidence is dev-only) on the same NER test sets; its
+# task adapters are seed 0's
+if [[ " ${TASKS:-ner qa} " == *" ner "* && " $SEEDS " == *" 0 "* ]]; then
+  python "$(dirname "$0")/routed_test.py" --store "${ROUTED_STORE:-$(dirname "$0")/../madx/default_store}" --out "$OUT" \
+    --threads "${THREADS:-2}" ${BACKBONE_DTYPE:+--backbone-dtype $BACKBONE_DTYPE} --seed-label 0 --test "${NER_TEST[@]}"
+fi
 $T report "$OUT"
