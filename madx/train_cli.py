@@ -508,6 +508,13 @@ def cmd_report(args) -> int:
                 d = [per_seed[n][sd] - per_seed[base][sd] for sd in both]
                 lines.append(f"- {n} − {base}, mean over the unseen targets: {sum(d) / len(d):+.1f} "
                              f"(per seed: {', '.join(f'{x:+.1f}' for x in d)})")
+            # and over every target (seen ones too) that both rows have for the same seed
+            pairs = [(cell[(n, lang, sd)]["f1"], cell[(base, lang, sd)]["f1"]) for lang in langs if lang != args.source
+                     for sd in seeds if (n, lang, sd) in cell and (base, lang, sd) in cell]
+            if pairs and len(pairs) > len(both) * len(unseen):
+                k = len({lang for lang in langs for sd in seeds if (n, lang, sd) in cell and (base, lang, sd) in cell})
+                lines.append(f"- {n} − {base}, mean over all {k} targets both have: "
+                             f"{sum(a - b for a, b in pairs) / len(pairs):+.1f}")
         lines.append("")
     text = "\n".join(lines)
     if args.md:
