@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--lines", type=int, default=100)
     ap.add_argument("--languages", nargs="*", default=None)
+    ap.add_argument("--adapters", nargs="*", default=None, help="the language adapters to score (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoints", action="store_true",
                     help="also score unfinished language adapters from STORE/.checkpoints (their best dev step)")
@@ -43,7 +44,8 @@ def main() -> None:
     model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
     head = load_mlm_head(model, args.store)
     entries = read_manifest(args.store)["adapters"]
-    adapters = sorted(n for n, e in entries.items() if e.get("kind") == "language")
+    adapters = sorted(n for n, e in entries.items() if e.get("kind") == "language"
+                      and (args.adapters is None or n in args.adapters))
     load_store(model, args.store, adapters)
     steps = {n: "finished" for n in adapters}
     if args.checkpoints:
