@@ -4,9 +4,10 @@ language adapter inside the same mixed batches (serving/engine.py ``_forward``),
 the extra rows, not extra passes or adapter switches.
 
     python benchmarks/bench_routes.py --json docs/bench_routes_cpu.json \
-        --routes task_only english madx ensemble:yo+ig ensemble:yo+ig+pcm
+        --routes task_only english evidence ensemble:en+pcm ensemble:en+pcm+luo
 
-``madx`` is each request's own language where served (the others fall back as the server does).
+``evidence`` is no override: each request on the route the store's evidence picks for its language
+(the server's default).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from serving.settings import load_settings  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--routes", nargs="+", default=["task_only", "english", "madx", "ensemble:yo+ig",
-                                                      "ensemble:yo+ig+pcm"])
+    ap.add_argument("--routes", nargs="+", default=["task_only", "english", "evidence", "ensemble:en+pcm",
+                                                      "ensemble:en+pcm+luo"])
     ap.add_argument("--requests", type=int, default=192)
     ap.add_argument("--concurrency", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     reqs = workload(args.requests, 0, uniform=False)
     rows = {}
     for route in args.routes:
-        overrides = {} if route == "madx" else {"*:ner": route}
+        overrides = {} if route == "evidence" else {"*:ner": route}
         engine = Engine(load_settings(env={}, backbone_dtype=args.backbone_dtype, routing={"overrides": overrides}))
         used = {}
         for t, lang in reqs:
