@@ -17,7 +17,9 @@ for variant in ${VARIANTS:-full noinv}; do  # every language's full adapter firs
   for code in $LANGS; do
     name=$code; extra=()
     [ "$variant" = noinv ] && name=$code-noinv && extra=(--no-invertible)
-    grep -q "\"$name\":" "$STORE/manifest.json" 2>/dev/null && continue
+    # a trained adapter of that name (a JSON lookup: the manifest's routing evidence names languages too)
+    python -c 'import json,sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["adapters"])' \
+      "$STORE/manifest.json" "$name" 2>/dev/null && continue
     $T lang --store "$STORE" --language "$code" --name "$name" --corpus --reduction-factor 2 \
       --steps 600 --batch-size 16 --max-len 128 --lr 5e-4 --candidates 16384 --dev-lines 200 \
       --eval-every 50 --patience 3 --checkpoint-every 50 --max-minutes "$MIN" --threads 2 --no-progress \
