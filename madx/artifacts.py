@@ -273,6 +273,25 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
     return m
 
 
+def update_manifest(store: str | Path, change) -> dict[str, Any]:
+    """Read, ``change(manifest)`` in place, and write the store's manifest atomically, under an
+    exclusive lock on ``<store>/.manifest.lock``: two writers (a training run adding its adapter, a
+    script adding route evidence) each see the other's change instead of overwriting it."""
+    import fcntl
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            m = read_manifest(store)
+            change(m)
+            _atomic(store / MANIFEST_FILE, lambda p: Path(p).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n"))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return m
+
+
 def add_to_store(store: str | Path, artifact_dir: str | Path, extra: dict[str, Any] | None = None) -> dict:
     """Record an artifact that lies inside ``store`` in its manifest, with sha256 of each file."""
     store, art = Path(store), Path(artifact_dir)
@@ -286,10 +305,7 @@ def add_to_store(store: str | Path, artifact_dir: str | Path, extra: dict[str, A
         "sha256": ab.sha256(),  # every file of the artifact
         **(extra or {}),
     }
-    m = read_manifest(store)
-    m["adapters"][cfg.name] = entry
-    store.mkdir(parents=True, exist_ok=True)
-    _atomic(store / MANIFEST_FILE, lambda p: Path(p).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n"))
+    update_manifest(store, lambda m: m["adapters"].__setitem__(cfg.name, entry))
     return entry
 
 

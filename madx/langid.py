@@ -10,8 +10,9 @@ store's character n-gram profiles (1- to 3-grams of each language adapter's trai
 Bayes with a floor for unseen n-grams). The two are combined so that each decides only what it can
 judge: the profiles pick among the served languages they know; their answer is taken only when it is
 a language CLD2 cannot name *and* CLD2's own answer is one the profiles weighed too (or CLD2 has no
-answer), and over a reliable CLD2 answer only with a posterior of at least 0.999. So German stays ``de`` (no profile competes with it), while Pidgin, which CLD2 calls English,
-becomes ``pcm`` when the store has a ``pcm`` profile and it beats the ``en`` profile.
+answer), and over a reliable CLD2 answer only with a posterior of at least 0.999. So German stays
+``de`` (no profile competes with it), while Pidgin, which CLD2 calls English, becomes ``pcm`` when
+the store has a ``pcm`` profile and it beats the ``en`` profile by that much.
 
 Codes are canonical (``madx.language_codes``): ISO 639-1 where one exists, else ISO 639-3.
 Profiles live in ``<store>/_langid/profiles.json`` (``madx-train lang`` and ``madx-train profile``

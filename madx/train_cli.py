@@ -222,7 +222,7 @@ def cmd_lang(args) -> int:
                 f.write(json.dumps({"step": step, "dev_mlm_loss": -value}) + "\n")
     res = fit(dict(mod.named_parameters()),
               mlm_step_fn(model, head, tok, chunks, AdapterStack(name), cfg, candidates=args.candidates), cfg,
-              _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov, "init_from": args.init_from,
+              _checkpoint(args, name), {"command": "lang", "name": name, "adapter": repr(cfg_a), "data": prov,
                                         "max_lines": args.max_lines, "dev_lines": len(dev_lines),
                                         "candidates": args.candidates},
               f"lang {name}", not args.no_progress, evaluate=evaluate, eval_every=args.eval_every,

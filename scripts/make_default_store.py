@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from madx.artifacts import MANIFEST_FILE, load_store, read_artifact, read_manifest, save_to_store  # noqa: E402
+from madx.artifacts import load_store, read_artifact, read_manifest, save_to_store, update_manifest  # noqa: E402
 from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterConfig  # noqa: E402
 from madx.langid import load_profiles, save_profile  # noqa: E402
@@ -58,12 +58,10 @@ def add_routing(store: Path, routing: dict, languages: set[str], served_as: dict
     out = {**routing, "evidence": evidence,
            "task_adapters": {t: {k: by_source.get(n, n) for k, n in names.items()} for t, names in measured.items()},
            "measured_with": measured}
-    for task, d in (out.get("default") or {}).items():
+    for d in (out.get("default") or {}).values():
         d["scores"] = {r: v for r, v in d["scores"].items() if r != "english" or source in languages}
         d["route"] = max(d["scores"], key=d["scores"].get) if d["scores"] else "task_only"
-    m = read_manifest(store)
-    m["routing"] = out
-    (store / MANIFEST_FILE).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    update_manifest(store, lambda m: m.__setitem__("routing", out))
 
 
 def main(argv=None) -> int:

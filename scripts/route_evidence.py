@@ -5,11 +5,12 @@
 
 For each language adapter L of the store (its manifest language), and each language with dev data
 but no adapter, on L's dev data (madx/corpus.py NER_DEV / QA_DEV), or on its related language's dev
-data where L has none: ``madx`` (L + task),
-``task_only`` (the task adapter trained alone: --alone, the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R = corpus.RELATED[L]) and
-``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
+data where L has none: ``madx`` (L + task), ``task_only`` (the task adapter trained alone: --alone,
+the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R =
+corpus.RELATED[L]) and ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
 without evidence (task_only or english: routes that need no adapter of the language's own) is the
-best on average over the measured languages the backbone did not see in pre-training. Dev splits only: nothing here reads a test file.
+best on average over the measured languages the backbone did not see in pre-training. Dev splits
+only: nothing here reads a test file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from madx import corpus  # noqa: E402
-from madx.artifacts import MANIFEST_FILE, load_store, read_manifest  # noqa: E402
+from madx.artifacts import load_store, read_manifest, update_manifest  # noqa: E402
 from madx.data import read_conll, read_squad  # noqa: E402
 from serving.routing import RouteError, stacks_for  # noqa: E402
 
@@ -106,12 +107,13 @@ def main() -> None:
         if generic:
             avg = {r: round(sum(s[r] for s in unseen.values()) / len(unseen), 2) for r in generic}
             default[task] = {"route": max(avg, key=avg.get), "over": sorted(unseen), "scores": avg}
-    m["routing"] = {"evidence": evidence, "default": default, "source_language": args.source,
-                    "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
-                    "backbone_dtype": model.backbone_dtype}
-    (args.store / MANIFEST_FILE).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    routing = {"evidence": evidence, "default": default, "source_language": args.source,
+               "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
+               "backbone_dtype": model.backbone_dtype}
+    # under the store's lock, on the manifest as it is now (training runs may have added adapters since)
+    update_manifest(args.store, lambda now: now.__setitem__("routing", routing))
     if args.out:
-        args.out.write_text(json.dumps(m["routing"], indent=1) + "\n")
+        args.out.write_text(json.dumps(routing, indent=1) + "\n")
     print(json.dumps(default, indent=1))
 
 

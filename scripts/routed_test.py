@@ -37,7 +37,8 @@ def main() -> int:
     ap.add_argument("--backbone-dtype", default="bf16")
     ap.add_argument("--drop-types", nargs="*", default=["DATE"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed-label", type=int, default=0, help="the seed of the shipped task adapters (rows are compared per seed)")
+    ap.add_argument("--seed-label", type=int, default=0,
+                    help="the seed of the shipped task adapters (rows are compared per seed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from madx.backbone import load_backbone

@@ -193,8 +193,8 @@ class Engine:
                                 f"{got} adapter")
         if task is None and cfg.kind != "language":
             raise ArtifactError(f"{entry.name!r} is a {cfg.head.task_type} task adapter, but no task is mapped to it "
-                                f"(tasks: {self.s.tasks}, tasks_alone: {self.s.tasks_alone}); language adapters are the only other "
-                                f"kind served")
+                                f"(tasks: {self.s.tasks}, tasks_alone: {self.s.tasks_alone}); language adapters are "
+                                f"the only other kind served")
 
     # ------------------------------------------------------------------ routing
     def route(self, task: str, language: str | None, text: str) -> Route:

@@ -188,3 +188,32 @@ def test_cli_import_requires_explicit_pickle_opt_in(tmp_path, capsys):
         a = m(ids, mask, [AdapterStack(None, "ner")])[1][0]
         b = m2.eval()(ids, mask, [AdapterStack(None, "ner-en")])[1][0]
     assert (a - b).abs().max() <= TOL
+
+
+def test_a_manifest_writer_never_loses_an_adapter_added_while_it_worked(tmp_path):
+    # route_evidence.py read the manifest, measured for minutes and wrote it back with its routing:
+    # a task adapter a training run had added meanwhile vanished from the store
+    import threading
+    import time
+
+    from madx.artifacts import update_manifest
+
+    model = tiny_madx()
+    add_random(model, AdapterConfig.language("sw", reduction_factor=4), seed=1)
+    save_to_store(model, "sw", tmp_path)
+    read_done, added = threading.Event(), threading.Event()
+
+    def slow_writer(m):  # holds what it read while another writer adds an adapter
+        read_done.set()
+        time.sleep(0.3)
+        m["routing"] = {"evidence": {}}
+
+    t = threading.Thread(target=update_manifest, args=(tmp_path, slow_writer))
+    t.start()
+    read_done.wait()
+    add_random(model, AdapterConfig.language("yo", reduction_factor=4), seed=2)
+    threading.Thread(target=lambda: (save_to_store(model, "yo", tmp_path), added.set())).start()
+    t.join()
+    assert added.wait(10)
+    m = read_manifest(tmp_path)
+    assert sorted(m["adapters"]) == ["sw", "yo"] and m["routing"] == {"evidence": {}}
