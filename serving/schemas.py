@@ -151,6 +151,8 @@ class AdaptersResponse(_Out):
     backbone: str
     languages: list[str]
     tasks: dict[str, str]
+    tasks_alone: dict[str, str] = Field(description="task -> the task adapter trained alone that the task_only "
+                                        "route runs (a task missing here: task_only runs tasks.<task> bare)")
     adapters: list[AdapterInfo]
     fallback: dict
     detector_languages: list[str]
