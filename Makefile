@@ -19,6 +19,7 @@ bench:
 	$(PY) benchmarks/bench_serving.py --requests 384 --concurrency 64 --repeats 3 --http-seconds 40 --http-users 48 --json docs/bench_serving_cpu.json
 	$(PY) benchmarks/bench_serving.py --requests 384 --concurrency 64 --repeats 3 --http-seconds 40 --http-users 48 --backbone-dtype fp32 --adapter-dtype fp32 --json docs/bench_serving_cpu_fp32.json
 	$(PY) benchmarks/bench_stacks.py --batch 32 --seq 128 --stacks 16 --repeats 7 --json docs/bench_stacks_cpu.json
+	$(PY) benchmarks/bench_routes.py --repeats 2 --json docs/bench_routes_cpu.json
 
 serve:
 	.venv/bin/madx-serve
