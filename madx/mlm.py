@@ -50,10 +50,10 @@ class MlmHead(nn.Module):
         return self.norm(F.gelu(self.dense(h)))
 
     def forward(self, h: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, H) -> (N, V) logits, or (N, len(vocab)) over the token ids ``vocab`` only. The tied
-        decoder follows the backbone's dtype (bf16 with --backbone-dtype bf16); the head computes in
-        its own (fp32), so the decoder rows are cast to it."""
-        x = self.transform(h)  # (N, H)
+        """(N, H) -> (N, V) logits, or (N, len(vocab)) over the token ids ``vocab`` only. The hidden
+        states and the tied decoder follow the backbone's dtype (bf16 with --backbone-dtype bf16); the
+        head computes in its own (fp32), so both are cast to it here, once for every caller."""
+        x = self.transform(h.to(self.dense.weight.dtype))  # (N, H)
         w = self.decoder_weight if vocab is None else self.decoder_weight[vocab]  # (V or |vocab|, H)
         b = self.bias if vocab is None else self.bias[vocab]
         return F.linear(x, w.to(x.dtype), b)
@@ -87,7 +87,7 @@ def mlm_loss(model: MadxModel, head: MlmHead, inputs: torch.Tensor, attention_ma
     hidden = model.invertible(hidden, plan, reverse=True)
     at = labels != IGNORE  # (B, T)
     y = labels[at]  # (N,)
-    h = hidden[at].float()  # (N, H); the head is fp32 (a bf16 backbone: --backbone-dtype)
+    h = hidden[at]  # (N, H)
     if vocab is None:
         return F.cross_entropy(head(h), y)  # (N, V) logits
     ids, pos = torch.unique(torch.cat([vocab, y]), return_inverse=True)

@@ -325,7 +325,7 @@ def mlm_eval(model: MadxModel, head: MlmHead, batches: Sequence[MlmBatch], stack
         plan = model.plan([stack] * len(b.inputs))
         hidden = model.invertible(model.encode(b.inputs, b.mask, plan), plan, reverse=True)
         at = b.labels != IGNORE
-        logits = head(hidden[at].float())  # (N, V); .float(): a bf16 backbone (--backbone-dtype)
+        logits = head(hidden[at])  # (N, V)
         y = b.labels[at]
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         hit += int((logits.argmax(-1) == y).sum())
