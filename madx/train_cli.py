@@ -447,6 +447,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _mean_spread(vals: list[float]) -> str:
+    """'mean ±half-range' over seeds ('mean' alone for one seed, '–' for none)."""
+    if not vals:
+        return "–"
+    return f"{sum(vals) / len(vals):.1f}" + (f" ±{(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1 else "")
+
+
 def cmd_report(args) -> int:
     """Results JSON -> Markdown: per row and target, the mean over seeds and its spread (half the
     range); languages the backbone saw in pre-training marked †; means over the unseen and the seen
@@ -480,13 +487,10 @@ def cmd_report(args) -> int:
                 if not vals:
                     cells.append("–")
                     continue
-                f1s = [v["f1"] for v in vals]
-                f1 = sum(f1s) / len(f1s)
-                spread = f" ±{(max(f1s) - min(f1s)) / 2:.1f}" if len(f1s) > 1 else ""
                 em = f" / {sum(v['exact_match'] for v in vals) / len(vals):.1f}" if task == "qa" else ""
                 blind = [v["blind_f1"] for v in vals if v.get("blind_f1") is not None]
                 em += f" (blind {sum(blind) / len(blind):.1f})" if blind else ""
-                cells.append(f"{f1:.1f}{spread}{em}")
+                cells.append(_mean_spread([v["f1"] for v in vals]) + em)
             means = []
             for want_seen in (False, True):
                 group = [lang for lang in common if seen[lang] == want_seen]
@@ -494,9 +498,7 @@ def cmd_report(args) -> int:
                            for sd in seeds if group and all((n, lang, sd) in cell for lang in group)}
                 if not want_seen:
                     per_seed[n] = by_seed
-                vals = list(by_seed.values())
-                means.append(f"{sum(vals) / len(vals):.1f}" + (f" ±{(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1
-                                                                  else "") if vals else "–")
+                means.append(_mean_spread(list(by_seed.values())))
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {means[0]} | {means[1]} |")
         unseen = [lang for lang in common if not seen[lang]]
         lines += ["", f"Means over the targets every row has: unseen {', '.join(unseen) or '–'}; seen "

@@ -13,13 +13,12 @@ MIN=${2:-6}
 shift 2 || true
 LANGS=${*:-"en sw yo rw ha ig lg luo pcm wo am qu my jv is zh ar ja"}
 T=${MADX_TRAIN:-madx-train}
+. "$(dirname "$0")/store_lib.sh"
 for variant in ${VARIANTS:-full noinv}; do  # every language's full adapter first, then the ablation without NICE
   for code in $LANGS; do
     name=$code; extra=()
     [ "$variant" = noinv ] && name=$code-noinv && extra=(--no-invertible)
-    # a trained adapter of that name (a JSON lookup: the manifest's routing evidence names languages too)
-    python -c 'import json,sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["adapters"])' \
-      "$STORE/manifest.json" "$name" 2>/dev/null && continue
+    have_adapter "$STORE" "$name" && continue
     $T lang --store "$STORE" --language "$code" --name "$name" --corpus --reduction-factor 2 \
       --steps 600 --batch-size 16 --max-len 128 --lr 5e-4 --candidates 16384 --dev-lines 200 \
       --eval-every 50 --patience 3 --checkpoint-every 50 --max-minutes "$MIN" --threads 2 --no-progress \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's CPU training queue, in the order that gives usable results soonest: the English
 # adapters and the seed-0 NER task adapters on them, then the languages the backbone never saw
-# (the paper-effect target), then seed 1 of rows (a) and (c), the seen languages, row (b) without
-# NICE, then QA. Every step is
+# (the paper-effect target), then seed 1 of rows (a) and (c), row (b) without NICE, the seen languages,
+# then QA and row (b)'s second seed. Every step is
 # resumable and skips finished artifacts, so re-running this after a stop continues the queue.
 #   scripts/madx12_queue.sh STORE [LANG_MINUTES]
 # Precision: the English adapters were trained over the fp32 backbone (before bf16 training was
@@ -23,10 +23,12 @@ export BACKBONE_DTYPE=$DT
 tasks ner 0 "madx"
 SNAPSHOTS=$S/.snapshots lang full "$UNSEEN"  # snapshots: MLM loss vs zero-shot F1 curves
 tasks ner 1 "taskonly madx"  # rows (a) and (c) with two seeds: the paper-effect target
-lang full "$SEEN"
 tasks ner 0 "noinv"  # row (b): the ablation without NICE
 lang noinv "$UNSEEN"
+lang full "$SEEN"  # 17 languages in all; XQuAD ar/zh and TyDiQA sw need these for rows (c)/(e)
+tasks qa 0 "taskonly madx"
 tasks ner 1 "noinv"
-tasks qa 0 "taskonly madx noinv"
-tasks qa 1 "taskonly madx noinv"
+tasks qa 1 "taskonly madx"
+tasks qa 0 "noinv"
+tasks qa 1 "noinv"
 lang noinv "$SEEN"

@@ -22,9 +22,8 @@ M1=$D/ner/masakhaner1
 X=$D/qa/xquad
 TY=$D/qa/tydiqa_goldp_xtreme
 C="--store $STORE --threads ${THREADS:-2} --no-progress ${BACKBONE_DTYPE:+--backbone-dtype $BACKBONE_DTYPE}"  # BACKBONE_DTYPE=bf16: faster training steps
-have() {  # a trained adapter of that name (a JSON lookup: the manifest's routing evidence names languages too)
-  python -c 'import json,sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["adapters"])' "$STORE/manifest.json" "$1" 2>/dev/null
-}
+. "$(dirname "$0")/store_lib.sh"
+have() { have_adapter "$STORE" "$1"; }
 
 if [ "$WHAT" != eval ]; then
   for a in $(python -c "import json;m=json.load(open('$STORE/manifest.json'))['adapters'];print(' '.join(k for k,v in m.items() if v['kind']=='language' and '-' not in k))"); do

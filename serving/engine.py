@@ -202,6 +202,7 @@ class Engine:
         if name is None or name not in self.cache.entries:
             raise RequestError(404, f"task {task!r} is not served; served tasks: {sorted(self.describe()['tasks'])}")
         served = set(self.languages())
+        alone = self.alone.get(task, name)  # the task_only route's task adapter
         source, conf = "request", None
         if language is None:
             lang, conf = self.detector.detect(text)
@@ -219,14 +220,12 @@ class Engine:
             raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
         try:
             choice = choose(task, language, served, self.routing, self.s.routing.source_language,
-                            self.s.routing.overrides)
+                            self.s.routing.overrides, adapter=name, alone=alone)
         except RouteError as e:
             raise RequestError(422, f"routing.overrides: {e}") from None
-        alone = self.alone.get(task, name)  # the task_only route's task adapter
         if choice is not None:
-            stacks = tuple(AdapterStack(st.language, name if st.language else alone) for st in choice.stacks)
             fallback = None if choice.route == "madx" else choice.route
-            return Route(stacks[0], language, source, conf, fallback, choice.route, choice.reason, stacks)
+            return Route(choice.stacks[0], language, source, conf, fallback, choice.route, choice.reason, choice.stacks)
         # a store without routing evidence: the rules that came before it
         if self.cache.entries[name].trained_alone:
             # no language adapter under a task adapter that was trained without one

@@ -40,10 +40,13 @@ class RouteError(ValueError):
     """A route name that is malformed or needs an adapter the store does not serve."""
 
 
-def stacks_for(route: str, language: str | None, task: str, source: str, served: set[str]) -> tuple[AdapterStack, ...]:
-    """The stacks a route runs, checked against the served language adapters."""
+def stacks_for(route: str, language: str | None, task: str, source: str, served: set[str],
+               alone: str | None = None) -> tuple[AdapterStack, ...]:
+    """The stacks a route runs, checked against the served language adapters. ``task`` is the task
+    adapter stacked on a language adapter; ``alone`` the one trained without a language adapter, which
+    the ``task_only`` route runs (the server's ``tasks_alone``; ``task`` itself when None)."""
     if route == "task_only":
-        return (AdapterStack(None, task),)
+        return (AdapterStack(None, alone or task),)
     if route == "madx":
         langs = [language]
     elif route == "english":
@@ -74,14 +77,17 @@ def best(scores: Mapping[str, float], usable) -> str | None:
 
 
 def choose(task: str, language: str | None, served: set[str], routing: Mapping, source: str = "en",
-           overrides: Mapping[str, str] | None = None) -> Choice | None:
+           overrides: Mapping[str, str] | None = None, adapter: str | None = None,
+           alone: str | None = None) -> Choice | None:
     """The route for one request (see the module doc); None when neither an override nor any
-    evidence applies."""
+    evidence applies. The stacks name the task adapters ``adapter`` (stacked) and ``alone`` (trained
+    alone, for ``task_only``), as in ``stacks_for``; both default to the task's name."""
+    adapter = adapter or task
     overrides = overrides or {}
 
     def usable(route: str) -> bool:
         try:
-            stacks_for(route, language, task, source, served)
+            stacks_for(route, language, adapter, source, served, alone)
             return True
         except RouteError:
             return False
@@ -89,7 +95,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
     for key in (f"{language}:{task}", language, f"*:{task}"):
         if key is not None and key in overrides:
             route = overrides[key]
-            return Choice(route, stacks_for(route, language, task, source, served), f"override {key}={route}")
+            return Choice(route, stacks_for(route, language, adapter, source, served, alone), f"override {key}={route}")
     ev = ((routing.get("evidence") or {}).get(language) or {}).get(task) if language else None
     if ev and ev.get("scores"):
         scores = ev["scores"]
@@ -97,7 +103,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
         if route is not None:
             base = f", task_only {scores['task_only']:.1f}" if "task_only" in scores and route != "task_only" else ""
             where = "its own" if ev.get("measured_on") == language else f"{ev.get('measured_on')}'s"
-            return Choice(route, stacks_for(route, language, task, source, served),
+            return Choice(route, stacks_for(route, language, adapter, source, served, alone),
                           f"best of {len(scores)} measured routes on {where} dev data "
                           f"({ev.get('metric', 'score')} {scores[route]:.1f}{base})")
     default = (routing.get("default") or {}).get(task)
@@ -106,7 +112,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
         if not usable(route):  # e.g. 'madx' for a language without an adapter
             route = best(default.get("scores") or {}, usable) or "task_only"
         who = f"{language!r} has" if language else "an undetermined language has"
-        return Choice(route, stacks_for(route, language, task, source, served),
+        return Choice(route, stacks_for(route, language, adapter, source, served, alone),
                       f"{who} no evidence: best route on average over {len(default.get('over', []))} "
                       f"unseen languages")
     return None

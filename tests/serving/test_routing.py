@@ -65,3 +65,18 @@ def test_bad_routes_say_why(route, message):
 def test_an_override_to_an_unserved_adapter_is_an_error_not_a_silent_change():
     with pytest.raises(RouteError, match="not served"):
         choose("ner", "sw", SERVED, ROUTING, "en", {"sw": "related:de"})
+
+
+@pytest.mark.parametrize("task, language, overrides, want_stacks", [
+    # task_only runs the adapter trained alone; every stack with a language adapter runs the stacked one
+    ("ner", "sw", {}, [(None, "ner-alone")]),
+    ("ner", "yo", {}, [("yo", "ner-madx"), ("sw", "ner-madx")]),
+    ("ner", "ig", {}, [("en", "ner-madx")]),
+    ("ner", "sw", {"sw": "madx"}, [("sw", "ner-madx")]),
+    ("ner", "ig", {"*:ner": "task_only"}, [(None, "ner-alone")]),
+])
+def test_stacks_name_the_stacked_and_the_alone_task_adapters(task, language, overrides, want_stacks):
+    c = choose(task, language, SERVED, ROUTING, "en", overrides, adapter="ner-madx", alone="ner-alone")
+    assert c.stacks == tuple(AdapterStack(lang, t) for lang, t in want_stacks)
+    # without a separate adapter trained alone, task_only runs the stacked adapter by itself
+    assert stacks_for("task_only", "sw", "ner-madx", "en", SERVED) == (AdapterStack(None, "ner-madx"),)
