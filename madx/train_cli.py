@@ -454,6 +454,13 @@ def _mean_spread(vals: list[float]) -> str:
     return f"{sum(vals) / len(vals):.1f}" + (f" ±{(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1 else "")
 
 
+def _common_targets(group: list[str], names: list[str], has: set[tuple[str, str]]) -> list[str]:
+    """The targets of ``group`` that every row with any of them has: means compare rows on the same
+    languages, and a row with none of them (e.g. not run there yet) is left out of the comparison."""
+    rows_in = [n for n in names if any((n, lang) in has for lang in group)]
+    return [lang for lang in group if all((n, lang) in has for n in rows_in)]
+
+
 def cmd_report(args) -> int:
     """Results JSON -> Markdown: per row and target, the mean over seeds and its spread (half the
     range); languages the backbone saw in pre-training marked †; means over the unseen and the seen
@@ -472,9 +479,9 @@ def cmd_report(args) -> int:
         seen = {lang: lang.split("-")[0] in PRETRAINED for lang in langs}
         cell = {(r["row"], r["language"], r["seed"]): r for r in rs}
         seeds = sorted({r["seed"] for r in rs}, key=str)
-        # targets every row has for every seed it ran: the means compare rows on the same languages
-        common = [lang for lang in langs if lang != args.source and all(
-            any((n, lang, sd) in cell for sd in seeds) for n in names)]
+        has = {(n, lang) for n, lang, _ in cell}
+        common = {want: _common_targets([lang for lang in langs if lang != args.source and seen[lang] == want],
+                                        names, has) for want in (False, True)}
         what = "entity F1" if task == "ner" else "F1 / EM (question-blind baseline F1)"
         lines += [f"### {task.upper()} ({what}; mean over seeds ± half their range; † seen in pre-training)", "",
                   "| row | " + " | ".join(lang + (" †" if seen[lang] else "") for lang in langs)
@@ -493,16 +500,16 @@ def cmd_report(args) -> int:
                 cells.append(_mean_spread([v["f1"] for v in vals]) + em)
             means = []
             for want_seen in (False, True):
-                group = [lang for lang in common if seen[lang] == want_seen]
+                group = common[want_seen]
                 by_seed = {sd: sum(cell[(n, lang, sd)]["f1"] for lang in group) / len(group)
                            for sd in seeds if group and all((n, lang, sd) in cell for lang in group)}
                 if not want_seen:
                     per_seed[n] = by_seed
                 means.append(_mean_spread(list(by_seed.values())))
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {means[0]} | {means[1]} |")
-        unseen = [lang for lang in common if not seen[lang]]
-        lines += ["", f"Means over the targets every row has: unseen {', '.join(unseen) or '–'}; seen "
-                  f"{', '.join(lang for lang in common if seen[lang]) or '–'}."]
+        unseen = common[False]
+        lines += ["", f"Means over the targets every row has (of the rows with any): unseen {', '.join(unseen) or '–'}; "
+                  f"seen {', '.join(common[True]) or '–'}."]
         base = names[0]
         for n in names[1:]:
             both = [sd for sd in per_seed[n] if sd in per_seed[base]]

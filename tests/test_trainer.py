@@ -366,7 +366,8 @@ def test_report_compares_rows_on_the_same_targets_with_their_spread(tmp_path, ca
     rows = [("(a)", 0, "yo", 30.0), ("(a)", 1, "yo", 32.0), ("(a)", 0, "sw", 60.0), ("(a)", 1, "sw", 62.0),
             ("(a)", 0, "ig-masakhaner", 40.0), ("(a)", 1, "ig-masakhaner", 40.0),  # (c) has no ig: left out
             ("(c)", 0, "yo", 36.0), ("(c)", 1, "yo", 34.0), ("(c)", 0, "sw", 58.0), ("(c)", 1, "sw", 58.0),
-            ("(c)", 0, "en", 80.0)]  # the source language is never a target
+            ("(c)", 0, "en", 80.0),  # the source language is never a target
+            ("(b)", 0, "yo", 20.0)]  # a row with no seen target yet: the others keep their seen mean
     out = tmp_path / "r.json"
     out.write_text(json.dumps([{"row": r, "seed": s, "task": "ner", "language": lang, "f1": f}
                                for r, s, lang, f in rows]))
@@ -375,4 +376,6 @@ def test_report_compares_rows_on_the_same_targets_with_their_spread(tmp_path, ca
     assert "| row | yo | sw † | ig-masakhaner | en † | mean unseen | mean seen |" in text
     assert "| (a) | 31.0 ±1.0 | 61.0 ±1.0 | 40.0 ±0.0 | – | 31.0 ±1.0 | 61.0 ±1.0 |" in text
     assert "| (c) | 35.0 ±1.0 | 58.0 ±0.0 | – | 80.0 | 35.0 ±1.0 | 58.0 ±0.0 |" in text
+    assert "| (b) | 20.0 | – | – | – | 20.0 | – |" in text
     assert "(c) − (a), mean over the unseen targets: +4.0 (per seed: +6.0, +2.0)" in text
+    assert "(b) − (a), mean over the unseen targets: -10.0 (per seed: -10.0)" in text
