@@ -98,15 +98,17 @@ def main() -> None:
                                                    "dev_examples": args.max_dev}
     default = {}
     for task in args.tasks:
-        unseen = {lang: ev[task]["scores"] for lang, ev in evidence.items()
-                  if task in ev and lang not in corpus.PRETRAINED and ev[task]["measured_on"] == lang}
+        own = {lang: ev[task]["scores"] for lang, ev in evidence.items() if task in ev and ev[task]["measured_on"] == lang}
+        pool, over = {lang: sc for lang, sc in own.items() if lang not in corpus.PRETRAINED}, "unseen"
+        if not pool:  # e.g. QA: dev data only in languages e5 saw; the best evidence there is
+            pool, over = own, "measured"
         # the default serves languages without evidence, mostly without an adapter: the routes that
         # need none of their own
-        common = set.intersection(*(set(s) for s in unseen.values())) if unseen else set()
+        common = set.intersection(*(set(s) for s in pool.values())) if pool else set()
         generic = [r for r in common if r in ("task_only", "english")]
         if generic:
-            avg = {r: round(sum(s[r] for s in unseen.values()) / len(unseen), 2) for r in generic}
-            default[task] = {"route": max(avg, key=avg.get), "over": sorted(unseen), "scores": avg}
+            avg = {r: round(sum(s[r] for s in pool.values()) / len(pool), 2) for r in generic}
+            default[task] = {"route": max(avg, key=avg.get), "over": sorted(pool), "scores": avg, "languages": over}
     routing = {"evidence": evidence, "default": default, "source_language": args.source,
                "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
                "backbone_dtype": model.backbone_dtype}

@@ -15,7 +15,8 @@ per listed language adapter in the same forward pass, outputs averaged; Wang et 
 
 ``choose`` takes, in order: an explicit override; the best measured route of the language (ties go to
 the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong); for a language without
-evidence, the route that was best on average over the unseen languages; and only then says it has no
+evidence, the route that was best on average over the unseen languages (``languages: measured``: over
+the languages with dev data, where none is unseen, as for QA here); and only then says it has no
 evidence (``None``), so the caller keeps its older rules.
 """
 
@@ -114,5 +115,5 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
         who = f"{language!r} has" if language else "an undetermined language has"
         return Choice(route, stacks_for(route, language, adapter, source, served, alone),
                       f"{who} no evidence: best route on average over {len(default.get('over', []))} "
-                      f"unseen languages")
+                      f"{default.get('languages', 'unseen')} languages")
     return None

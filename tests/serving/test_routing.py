@@ -80,3 +80,11 @@ def test_stacks_name_the_stacked_and_the_alone_task_adapters(task, language, ove
     assert c.stacks == tuple(AdapterStack(lang, t) for lang, t in want_stacks)
     # without a separate adapter trained alone, task_only runs the stacked adapter by itself
     assert stacks_for("task_only", "sw", "ner-madx", "en", SERVED) == (AdapterStack(None, "ner-madx"),)
+
+
+def test_a_default_measured_on_seen_languages_says_so():
+    routing = {"default": {"qa": {"route": "task_only", "over": ["sw"], "scores": {"task_only": 60.0},
+                                  "languages": "measured"}}}
+    c = choose("qa", "yo", SERVED, routing)
+    assert (c.route, c.stacks) == ("task_only", (AdapterStack(None, "qa"),))
+    assert "best route on average over 1 measured languages" in c.reason, c.reason
