@@ -510,13 +510,14 @@ def logits_for(model: MadxModel, seqs: Sequence[Sequence[int]],
 def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack | tuple[AdapterStack, ...], data: NerFile,
                  max_len: int = 256,
                  drop_types: Sequence[str] = (), progress: bool = False, desc: str = "eval ner",
-                 words: str = "gold") -> dict[str, Any]:
+                 words: str = "gold", per_example: bool = False) -> dict[str, Any]:
     """Entity-level F1 of the task adapter's predictions on ``data`` under ``stack``. Gold types in
     ``drop_types`` (e.g. DATE, MISC, which the adapter cannot predict) are scored as O.
 
     ``words="gold"`` tags the data's own tokens; ``words="segmented"`` tags what the server would:
     each sentence is written out as text (``join_words``), cut into words by ``split_words``, tagged,
-    and the word tags are projected onto the gold tokens (``project_tags``)."""
+    and the word tags are projected onto the gold tokens (``project_tags``). ``per_example`` adds
+    each sentence's (true positives, gold, predicted) entity counts (``per_example``), for a bootstrap."""
     if words not in ("gold", "segmented"):
         raise ValueError(f"words {words!r} must be 'gold' or 'segmented'")
     task = (stack[0] if isinstance(stack, tuple) else stack).task  # a tuple: an ensemble of stacks
@@ -541,7 +542,8 @@ def evaluate_ner(model: MadxModel, tokenizer, stack: AdapterStack | tuple[Adapte
     pred = tags if words == "gold" else [project_tags(spans[i], tags[i], joined[i][1]) for i in range(len(texts))]
     res = ner_f1(gold, pred)
     return {"f1": 100 * res["f1"], "precision": 100 * res["precision"], "recall": 100 * res["recall"],
-            "sentences": len(gold), "gold_entities": res["gold_entities"], "words": words}
+            "sentences": len(gold), "gold_entities": res["gold_entities"], "words": words,
+            **({"per_example": res["per_sentence"]} if per_example else {})}
 
 
 def qa_predictions(model: MadxModel, tokenizer, stack: AdapterStack | tuple[AdapterStack, ...],
@@ -566,7 +568,8 @@ def qa_predictions(model: MadxModel, tokenizer, stack: AdapterStack | tuple[Adap
 
 
 def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequence[QAExample], max_len: int = 384,
-                stride: int = 128, progress: bool = False, desc: str = "eval qa", blind: bool = True) -> dict[str, Any]:
+                stride: int = 128, progress: bool = False, desc: str = "eval qa", blind: bool = True,
+                per_example: bool = False) -> dict[str, Any]:
     """SQuAD v1.1 EM/F1 over all windows of each context (doc stride, nothing truncated).
     Questions whose gold answers are all empty strings cannot be scored: an error if all are (a
     file with its labels stripped), else they are left out and counted.
@@ -574,7 +577,8 @@ def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequ
     With ``blind`` it also scores a **question-blind baseline**: one answer per context, the
     model's best span for that context with an empty question, given to every question of the
     context (what a model that ignores the question would score), and ``same_answer_rate``: the
-    share of contexts with two or more questions whose questions all got the same answer."""
+    share of contexts with two or more questions whose questions all got the same answer.
+    ``per_example`` adds each scored question's (F1 in [0, 1], 1) (``per_example``), for a bootstrap."""
     unscorable = [ex.id for ex in examples if not any(a for a, _ in ex.answers)]
     if len(unscorable) == len(examples):
         raise ValueError(f"all {len(examples)} questions have empty gold answers (labels stripped?); cannot score")
@@ -583,12 +587,15 @@ def evaluate_qa(model: MadxModel, tokenizer, stack: AdapterStack, examples: Sequ
                              stride, progress, desc)
     preds = {ex.id: a for ex, a in zip(examples, answers, strict=True)}
     golds = {ex.id: [a for a, _ in ex.answers if a] for ex in examples}
-    out = {**squad_scores(preds, golds), "unscorable_empty_gold": len(unscorable)}
+    scores = squad_scores(preds, golds)
+    each = scores.pop("per_question")
+    out = {**scores, "unscorable_empty_gold": len(unscorable), **({"per_example": each} if per_example else {})}
     if blind:
         contexts = list(dict.fromkeys(ex.context for ex in examples))
         blind_ans = dict(zip(contexts, qa_predictions(model, tokenizer, stack, [("", c) for c in contexts], max_len,
                                                        stride, progress, f"{desc} (blind)"), strict=True))
         b = squad_scores({ex.id: blind_ans[ex.context] for ex in examples}, golds)
+        b.pop("per_question")
         by_ctx: dict[str, set[str]] = {}
         count: dict[str, int] = {}
         for ex in examples:

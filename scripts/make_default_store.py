@@ -52,7 +52,9 @@ def add_routing(store: Path, routing: dict, languages: set[str], served_as: dict
                     ok[route] = score
                 except RouteError:
                     gone[route] = score
-            evidence.setdefault(lang, {})[task] = {**ev, "scores": ok, **({"not_served": gone} if gone else {})}
+            vs = {r: v for r, v in (ev.get("vs_task_only") or {}).items() if r in ok}
+            evidence.setdefault(lang, {})[task] = {**ev, "scores": ok, **({"vs_task_only": vs} if "vs_task_only" in ev else {}),
+                                                   **({"not_served": gone} if gone else {})}
     by_source = {v: k for k, v in served_as.items()}
     measured = routing.get("task_adapters", {})
     out = {**routing, "evidence": evidence,
@@ -60,7 +62,8 @@ def add_routing(store: Path, routing: dict, languages: set[str], served_as: dict
            "measured_with": measured}
     for d in (out.get("default") or {}).values():
         d["scores"] = {r: v for r, v in d["scores"].items() if r != "english" or source in languages}
-        d["route"] = max(d["scores"], key=d["scores"].get) if d["scores"] else "task_only"
+        if d["route"] not in d["scores"]:  # the measured default needs an adapter left out: the next best
+            d["route"] = "task_only" if "task_only" in d["scores"] or not d["scores"] else max(d["scores"], key=d["scores"].get)
     update_manifest(store, lambda m: m.__setitem__("routing", out))
 
 

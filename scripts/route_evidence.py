@@ -7,10 +7,14 @@ For each language adapter L of the store (its manifest language), and each langu
 but no adapter, on L's dev data (madx/corpus.py NER_DEV / QA_DEV), or on its related language's dev
 data where L has none: ``madx`` (L + task), ``task_only`` (the task adapter trained alone: --alone,
 the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R =
-corpus.RELATED[L]) and ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. The default route for languages
-without evidence (task_only or english: routes that need no adapter of the language's own) is the
-best on average over the measured languages the backbone did not see in pre-training. Dev splits
-only: nothing here reads a test file.
+corpus.RELATED[L]) and ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. Each
+route also gets a paired bootstrap of its difference to ``task_only`` over the dev sentences (NER)
+or questions (QA) (``vs_task_only``; madx.metrics.paired_bootstrap): the server serves a route with
+more adapters only when it wins beyond that noise. The default route for languages without evidence
+(task_only or english: routes that need no adapter of the language's own) is the best on average
+over the measured languages the backbone did not see in pre-training, english only when it beats
+task_only beyond the noise of a bootstrap stratified by language. Dev splits only: nothing here
+reads a test file.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from madx import corpus  # noqa: E402
 from madx.artifacts import load_store, read_manifest, update_manifest  # noqa: E402
 from madx.data import read_conll, read_squad  # noqa: E402
+from madx.route_evidence import language_evidence, measured_default  # noqa: E402
 from serving.routing import RouteError, stacks_for  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
@@ -43,6 +48,10 @@ def main() -> None:
     ap.add_argument("--source", default="en")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples")
+    ap.add_argument("--interval", type=float, default=0.95,
+                    help="central bootstrap interval: a route must have its lower end above task_only (0.95: a "
+                         "2.5%% chance per route of serving noise; up to four routes are compared per language)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from madx.backbone import load_backbone
@@ -63,6 +72,7 @@ def main() -> None:
     served = {n for n, lang in langs.items() if n == lang}  # variants such as 'sw-noinv' are not routes
     root = corpus.default_root()
     evidence: dict = {}
+    rows: dict = {}  # task -> language measured on its own dev data -> route -> per-example rows
     # every served language, and every language with dev data of its own even without an adapter
     # (its routes: task_only, english, related:R), so the measured default covers few languages
     with_dev = {lang for t in args.tasks for lang in (corpus.NER_DEV if t == "ner" else corpus.QA_DEV)}
@@ -77,7 +87,7 @@ def main() -> None:
             on = lang if lang in dev_table else (rel if rel in dev_table else None)
             if on is None:
                 continue
-            scores = {}
+            mine = {}
             for route in routes:
                 try:
                     # the task_only route runs the adapter trained alone, as the server does (tasks_alone)
@@ -88,28 +98,25 @@ def main() -> None:
                 if task == "ner":
                     data = read_conll(root / dev_table[on])
                     data.sentences = data.sentences[:args.max_dev]
-                    r = evaluate_ner(model, tok, st, data, drop_types=("DATE", "MISC"), words="segmented")
+                    r = evaluate_ner(model, tok, st, data, drop_types=("DATE", "MISC"), words="segmented",
+                                     per_example=True)
                 else:
                     # half the contexts (by hash) are QA dev; the other half stays a test set
                     exs = [q for q in read_squad(root / dev_table[on]) if corpus.heldout(q.context, 50)][:args.max_dev]
-                    r = evaluate_qa(model, tok, st, exs, blind=False)
-                scores[route] = round(r["f1"], 2)
-                print(f"{lang} {task} on {on} dev: {route} {scores[route]}", flush=True)
-            evidence.setdefault(lang, {})[task] = {"measured_on": on, "metric": "F1", "scores": scores,
+                    r = evaluate_qa(model, tok, st, exs, blind=False, per_example=True)
+                mine[route] = r["per_example"]
+                print(f"{lang} {task} on {on} dev: {route} {r['f1']:.2f}", flush=True)
+            if not mine:
+                continue
+            evidence.setdefault(lang, {})[task] = {**language_evidence(task, on, mine, args.resamples, args.interval),
                                                    "dev_examples": args.max_dev}
+            if on == lang:
+                rows.setdefault(task, {})[lang] = mine
     default = {}
     for task in args.tasks:
-        own = {lang: ev[task]["scores"] for lang, ev in evidence.items() if task in ev and ev[task]["measured_on"] == lang}
-        pool, over = {lang: sc for lang, sc in own.items() if lang not in corpus.PRETRAINED}, "unseen"
-        if not pool:  # e.g. QA: dev data only in languages e5 saw; the best evidence there is
-            pool, over = own, "measured"
-        # the default serves languages without evidence, mostly without an adapter: the routes that
-        # need none of their own
-        common = set.intersection(*(set(s) for s in pool.values())) if pool else set()
-        generic = [r for r in common if r in ("task_only", "english")]
-        if generic:
-            avg = {r: round(sum(s[r] for s in pool.values()) / len(pool), 2) for r in generic}
-            default[task] = {"route": max(avg, key=avg.get), "over": sorted(pool), "scores": avg, "languages": over}
+        d = measured_default(task, rows.get(task, {}), corpus.PRETRAINED, args.resamples, args.interval)
+        if d is not None:
+            default[task] = d
     routing = {"evidence": evidence, "default": default, "source_language": args.source,
                "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
                "backbone_dtype": model.backbone_dtype}

@@ -118,7 +118,7 @@ class Engine:
                 raise ArtifactError(f"tasks_alone.{t} = {name!r} was trained on top of a language adapter; the "
                                     f"task_only route needs a task adapter trained without one")
         self._refresh_detector()
-        self.routing = read_manifest(settings.adapter_store).get("routing") or {}  # measured route scores
+        self.routing = self._keyed_by_code(read_manifest(settings.adapter_store).get("routing") or {})
         b = settings.batching
         # windows never exceed the backbone's positions (smaller windows, never truncated input)
         self.ner_window = min(b.ner_window, self.model.max_positions)
@@ -242,6 +242,22 @@ class Engine:
                                  f"no adapter for {language!r}; {cand!r} is related (fallback.related)")
         why = f"no adapter for {language!r}" if language else "the language was not determined"
         return Route(AdapterStack(None, alone), language, source, conf, "task_only", "task_only", why)
+
+    def _keyed_by_code(self, routing: dict) -> dict:
+        """The measured route scores, each language under the code a request for it is routed with
+        (``_language_code``): evidence written under an alias (a data set's 'tw') would never be found
+        for a request routed as its canonical code ('ak')."""
+        keyed: dict = {}
+        for tag, ev in (routing.get("evidence") or {}).items():
+            try:
+                code = self._language_code(tag)
+            except RequestError:
+                code = tag
+            if code in keyed:
+                raise ArtifactError(f"routing evidence has two entries for language {code!r} (one of them under "
+                                    f"{tag!r}); keep one")
+            keyed[code] = ev
+        return {**routing, "evidence": keyed} if "evidence" in routing else routing
 
     def _language_code(self, tag: str) -> str:
         """A served adapter's own name as given (e.g. 'pt-br'), else the canonical code: ISO 639-1/2/3,

@@ -4,7 +4,9 @@ Pure policy, no torch and no I/O. The store's manifest carries the evidence (``r
 
     "routing": {
       "evidence": {"sw": {"ner": {"measured_on": "sw", "metric": "F1", "scores": {"madx": 61.2,
-                   "task_only": 63.0, "english": 58.1, "related:rw": 55.0, "ensemble:sw+rw": 62.4}}}},
+                   "task_only": 63.0, "english": 58.1, "related:rw": 55.0, "ensemble:sw+rw": 62.4},
+                   "vs_task_only": {"madx": {"delta": -1.8, "low": -4.0, "high": 0.4}, ...},
+                   "bootstrap": {"resamples": 2000, "interval": 0.9, "examples": 300, "unit": "sentences"}}}},
       "default": {"ner": {"route": "task_only", "over": ["yo", "rw", ...], "scores": {...}}}
     }
 
@@ -14,7 +16,10 @@ Route names: ``madx`` (the language's own adapter under the task adapter), ``tas
 per listed language adapter in the same forward pass, outputs averaged; Wang et al. 2021, EMEA).
 
 ``choose`` takes, in order: an explicit override; the best measured route of the language (ties go to
-the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong); for a language without
+the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong). Where the evidence has a
+paired bootstrap against ``task_only`` over the dev examples (``vs_task_only``), a route with more
+adapters must beat ``task_only`` beyond that noise (the lower end of its interval above 0): a dev
+set of 100 sentences often shows +2 F1 by chance, and the test set then disagrees. For a language without
 evidence, the route that was best on average over the unseen languages (``languages: measured``: over
 the languages with dev data, where none is unseen, as for QA here); and only then says it has no
 evidence (``None``), so the caller keeps its older rules.
@@ -77,6 +82,22 @@ def best(scores: Mapping[str, float], usable) -> str | None:
     return max(ok, key=lambda r: (scores[r], -_rank(r))) if ok else None
 
 
+def beats_noise(route: str, scores: Mapping[str, float], noise: Mapping[str, Mapping] | None) -> bool:
+    """Whether ``route`` may be served over ``task_only`` on this evidence: always without a bootstrap
+    (``noise`` None: older evidence) or without a ``task_only`` score; else only when the lower end of
+    its interval of the difference to ``task_only`` is above 0."""
+    if noise is None or route == "task_only" or "task_only" not in scores:
+        return True
+    return route in noise and noise[route]["low"] > 0
+
+
+def _interval(vs: Mapping, ev: Mapping) -> str:
+    boot = ev.get("bootstrap") or {}
+    pct = f"{100 * boot['interval']:.0f}% " if "interval" in boot else ""
+    over = f" over {boot['examples']} {boot.get('unit', 'examples')}" if "examples" in boot else ""
+    return f"{vs['delta']:+.1f}, {pct}interval {vs['low']:+.1f}..{vs['high']:+.1f}{over}"
+
+
 def choose(task: str, language: str | None, served: set[str], routing: Mapping, source: str = "en",
            overrides: Mapping[str, str] | None = None, adapter: str | None = None,
            alone: str | None = None) -> Choice | None:
@@ -102,14 +123,20 @@ def choose(task: str, language: str | None, served: set[str], routing: Mapping, 
             return Choice(route, stacks(route), f"override {key}={route}")
     ev = ((routing.get("evidence") or {}).get(language) or {}).get(task) if language else None
     if ev and ev.get("scores"):
-        scores = ev["scores"]
-        route = best(scores, usable)
+        scores, noise = ev["scores"], ev.get("vs_task_only")
+        route = best(scores, lambda r: usable(r) and beats_noise(r, scores, noise))
         if route is not None:
+            metric = ev.get("metric", "score")
             base = f", task_only {scores['task_only']:.1f}" if "task_only" in scores and route != "task_only" else ""
             where = "its own" if ev.get("measured_on") == language else f"{ev.get('measured_on')}'s"
-            return Choice(route, stacks(route),
-                          f"best of {len(scores)} measured routes on {where} dev data "
-                          f"({ev.get('metric', 'score')} {scores[route]:.1f}{base})")
+            reason = f"best of {len(scores)} measured routes on {where} dev data ({metric} {scores[route]:.1f}{base})"
+            top = best(scores, usable)
+            if noise is not None and route != "task_only" and route in noise:
+                reason += f"; beats task_only beyond noise ({_interval(noise[route], ev)})"
+            if top != route and top in (noise or {}):
+                reason += (f"; {top} scored {scores[top]:.1f} but did not beat task_only beyond noise "
+                           f"({_interval(noise[top], ev)})")
+            return Choice(route, stacks(route), reason)
     default = (routing.get("default") or {}).get(task)
     if default and default.get("route"):
         route = default["route"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from madx.data import DataError, normalise_sentence, read_conll, read_squad, read_text
-from madx.metrics import entities, ner_f1, normalize_answer, squad_scores
+from madx.metrics import entities, f1_of_counts, mean_of_scores, ner_f1, normalize_answer, paired_bootstrap, squad_scores
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -108,6 +109,9 @@ def test_ner_f1_counts():
     assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
     assert r["f1"] == pytest.approx(2 / 3)
     assert r["per_type_f1"] == {"LOC": 0.0, "ORG": 1.0, "PER": 1.0}
+    # per sentence: (correct, gold, predicted); summed, they give the same micro F1
+    assert r["per_sentence"] == [(1, 2, 1), (1, 1, 2)]
+    assert f1_of_counts(np.array(r["per_sentence"]).sum(0)) == pytest.approx(100 * 2 / 3)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +128,59 @@ def test_squad_scores():
     f1_q2 = 2 * (2 / 2) * (2 / 3) / (1 + 2 / 3)
     assert r["f1"] == pytest.approx(100 * (1 + f1_q2) / 4)
     assert r["missing"] == 1
+    assert r["per_question"] == [(1.0, 1), (pytest.approx(f1_q2), 1), (0.0, 1), (0.0, 1)]
+    assert mean_of_scores(np.array(r["per_question"]).sum(0)) == pytest.approx(r["f1"])
+
+
+def _sentences(n_right: int, n: int) -> list[tuple[int, int, int]]:
+    """n one-entity sentences, the first n_right predicted right, the rest predicted wrong."""
+    return [(1, 1, 1)] * n_right + [(0, 1, 1)] * (n - n_right)
+
+
+@pytest.mark.parametrize("a, b, clear_win", [
+    # 80 vs 50 of 100 sentences right, the rest of the draw shared: a clear win, its interval above 0
+    (_sentences(80, 100), _sentences(50, 100), True),
+    # 52 vs 50 of 100: the same +2 F1 a 100-sentence dev set often shows by chance: the interval spans 0
+    ([(1, 1, 1)] * 50 + [(1, 1, 1), (1, 1, 1)] + [(0, 1, 1)] * 48,
+     [(1, 1, 1)] * 50 + [(0, 1, 1), (0, 1, 1)] + [(0, 1, 1)] * 48, False),
+    # identical systems: delta 0, never better
+    (_sentences(60, 100), _sentences(60, 100), False),
+])
+def test_paired_bootstrap_tells_a_win_from_noise(a, b, clear_win):
+    r = paired_bootstrap([(a, b)], f1_of_counts, resamples=1000)
+    want = 100 * (sum(x[0] for x in a) - sum(x[0] for x in b)) / len(a)
+    assert r["delta"] == pytest.approx(want)
+    assert r["low"] <= r["delta"] <= r["high"]
+    assert (r["low"] > 0) == clear_win, r
+    assert r["examples"] == 100 and r["interval"] == 0.95
+
+
+def test_paired_bootstrap_pairs_the_draws():
+    """Both systems get the same resample: B = A plus one right sentence in 200 is a small but
+    certain win, which unpaired resampling (the two scores drawn apart) could not see."""
+    a = _sentences(101, 200)
+    b = _sentences(100, 200)
+    r = paired_bootstrap([(a, b)], f1_of_counts, resamples=500)
+    assert r["low"] >= 0 and r["p_not_better"] < 0.5, r
+
+
+def test_paired_bootstrap_stratifies_and_averages_groups():
+    """Two data sets: the statistic is the mean of the per-set differences, each set resampled apart."""
+    g1 = (_sentences(80, 100), _sentences(50, 100))  # +30 F1
+    g2 = (_sentences(5, 10), _sentences(5, 10))  # +0 F1, on ten sentences: weighs as much as g1
+    r = paired_bootstrap([g1, g2], f1_of_counts, resamples=200)
+    assert r["delta"] == pytest.approx(15.0) and r["examples"] == 110
+    assert 0 < r["low"] < 15 < r["high"] < 30
+
+
+@pytest.mark.parametrize("groups, message", [
+    ([], "at least one group"),
+    ([([(1, 1, 1)], [(1, 1, 1), (0, 1, 1)])], "same non-empty"),
+    ([([], [])], "same non-empty"),
+])
+def test_paired_bootstrap_refuses_unpaired_data(groups, message):
+    with pytest.raises(ValueError, match=message):
+        paired_bootstrap(groups, f1_of_counts)
 
 
 @pytest.mark.data

@@ -24,9 +24,9 @@ def test_store_contents_and_size():
     m = read_manifest(PACKAGED_STORE)["adapters"]
     assert sorted(n for n, e in m.items() if e["kind"] == "language") == LANGS
     assert {n: e["task_type"] for n, e in m.items() if e["kind"] == "task"} == {"ner": "ner", "ner-alone": "ner",
-                                                                                 "qa": "qa"}
+                                                                                 "qa": "qa", "qa-alone": "qa"}
     size = sum(f.stat().st_size for f in PACKAGED_STORE.rglob("*") if f.is_file())
-    # 3 language adapters at rf 2 (3.6 MiB each in fp16), 3 task adapters and the 7.2 MiB MLM head
+    # 3 language adapters at rf 2 (3.6 MiB each in fp16), 4 task adapters (1.8 MiB each) and the 7.2 MiB MLM head
     assert size < 28 * 2**20, size
     for e in m.values():  # provenance travels with every shipped adapter
         assert e["data"] and e["metrics"] and e["trained_as"]
@@ -75,29 +75,34 @@ def test_qa_answers_depend_on_the_question(engine, question, answer):
     assert answer in res["answers"][0]["text"], res["answers"]
 
 
-@pytest.mark.parametrize("lang, route, stack", [
-    # the measured best route of each language (its dev data), and the task adapter that route runs
-    ("sw", "task_only", {"language": None, "task": "ner-alone"}),
-    ("pcm", "madx", {"language": "pcm", "task": "ner"}),
-    ("luo", "madx", {"language": "luo", "task": "ner"}),
-    ("qu", "english", {"language": "en", "task": "ner"}),
-    ("yo", "task_only", {"language": None, "task": "ner-alone"}),  # its own adapter measured worse: not shipped
-    ("de", "task_only", {"language": None, "task": "ner-alone"}),  # no evidence: the best route over unseen ones
+@pytest.mark.parametrize("lang, route, stack, why", [
+    # the measured best route of each language (its dev data) that beats task_only beyond noise, and
+    # the task adapter that route runs
+    ("sw", "task_only", {"language": None, "task": "ner-alone"}, "best of"),
+    ("pcm", "madx", {"language": "pcm", "task": "ner"}, "beats task_only beyond noise"),
+    ("luo", "madx", {"language": "luo", "task": "ner"}, "beats task_only beyond noise"),
+    ("tw", "english", {"language": "en", "task": "ner"}, "beats task_only beyond noise"),  # no adapter of its own
+    # the English stack scored +3.9 on 100 dev sentences, within noise (session 4 served it: -2.4 on test)
+    ("qu", "task_only", {"language": None, "task": "ner-alone"}, "english scored 45.5 but did not beat"),
+    ("yo", "task_only", {"language": None, "task": "ner-alone"}, "best of"),  # its own adapter measured worse
+    ("de", "task_only", {"language": None, "task": "ner-alone"}, "no evidence"),  # the best route over unseen ones
 ])
-def test_ner_is_routed_by_the_shipped_evidence(engine, lang, route, stack):
+def test_ner_is_routed_by_the_shipped_evidence(engine, lang, route, stack, why):
     res = asyncio.run(engine.ner(["Rais William Ruto alikutana na viongozi mjini Nairobi."], lang))["results"][0]
     assert (res["route"], res["stack"]) == (route, stack), res["route_reason"]
-    assert res["route_reason"]
+    assert why in res["route_reason"], res["route_reason"]
     m = read_manifest(PACKAGED_STORE)["routing"]
     if lang in m["evidence"]:  # never below the task adapter alone on the language's dev data
-        scores = m["evidence"][lang]["ner"]["scores"]
-        assert scores[route] >= scores["task_only"]
+        ev = m["evidence"][lang]["ner"]
+        assert ev["scores"][route] >= ev["scores"]["task_only"]
+        assert route == "task_only" or ev["vs_task_only"][route]["low"] > 0
 
 
-def test_qa_without_evidence_runs_its_adapter_alone_as_trained(engine):
+def test_qa_runs_the_adapter_trained_alone_as_its_evidence_says(engine):
     ctx = "Safaricom is headquartered in Nairobi."
     res = asyncio.run(engine.qa("Where is Safaricom headquartered?", ctx, "en"))
-    assert res["stack"] == {"language": None, "task": "qa"} and res["fallback"] == "task_only:trained_alone"
+    assert res["stack"] == {"language": None, "task": "qa-alone"} and res["route"] == "task_only", res
+    assert "no evidence: best route on average over 1 measured languages" in res["route_reason"]
 
 
 def test_qa_stride_adapts_to_a_long_question(engine):

@@ -369,6 +369,28 @@ def test_the_store_routes_by_evidence(routed_engine, language, route, stacks, fa
     assert routed_engine.describe()["routing"]["evidence"] == ROUTING["evidence"]
 
 
+@pytest.mark.parametrize("evidence_key, asked", [("tw", "tw"), ("tw", "ak"), ("twi", "tw"), ("ak", "tw")])
+def test_evidence_under_a_language_alias_is_found(make_engine, tiny_store, tmp_path, evidence_key, asked):
+    """MasakhaNER's Twi is 'tw'; requests are routed by the canonical code ('ak', Akan). Evidence
+    written under either name applies to both; before, 'tw' evidence was never found."""
+    store = routed_store(tiny_store, tmp_path)
+    m = json.loads((store / "manifest.json").read_text())
+    m["routing"]["evidence"][evidence_key] = {"ner": {"measured_on": "tw", "metric": "F1",
+                                                      "scores": {"task_only": 60.0, "english": 30.0}}}
+    (store / "manifest.json").write_text(json.dumps(m))
+    r = make_engine(store=store).route("ner", asked, "x")
+    assert r.name == "task_only" and "measured routes on tw's dev data" in r.reason, r.reason  # not the default
+
+
+def test_two_evidence_entries_for_one_language_are_refused(make_engine, tiny_store, tmp_path):
+    store = routed_store(tiny_store, tmp_path)
+    m = json.loads((store / "manifest.json").read_text())
+    m["routing"]["evidence"]["swa"] = m["routing"]["evidence"]["sw"]
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="two entries for language 'sw'"):
+        make_engine(store=store)
+
+
 def test_an_ensemble_is_the_mean_of_its_stacks_in_one_batch(routed_engine):
     eng = routed_engine
     text = "Rais wa Kenya alizungumza na waandishi wa habari mjini Nairobi."

@@ -88,3 +88,46 @@ def test_a_default_measured_on_seen_languages_says_so():
     c = choose("qa", "yo", SERVED, routing)
     assert (c.route, c.stacks) == ("task_only", (AdapterStack(None, "qa"),))
     assert "best route on average over 1 measured languages" in c.reason, c.reason
+
+
+# evidence with a paired bootstrap against task_only over the dev examples (scripts/route_evidence.py)
+BOOT = {"resamples": 2000, "interval": 0.9, "examples": 100, "unit": "sentences"}
+NOISY = {"evidence": {
+    # madx +1.9 on 100 sentences, its interval spans 0: noise, task_only is served
+    "my": {"ner": {"measured_on": "my", "metric": "F1", "scores": {"madx": 43.5, "task_only": 41.6, "english": 42.4},
+                   "vs_task_only": {"madx": {"delta": 1.9, "low": -1.2, "high": 5.0},
+                                    "english": {"delta": 0.8, "low": -2.0, "high": 3.6}},
+                   "bootstrap": BOOT}},
+    # the top route is noise, the runner-up a clear win: the clear win is served
+    "yo": {"ner": {"measured_on": "yo", "metric": "F1", "scores": {"madx": 47.0, "task_only": 40.0, "english": 45.0},
+                   "vs_task_only": {"madx": {"delta": 7.0, "low": -0.5, "high": 14.0},
+                                    "english": {"delta": 5.0, "low": 1.5, "high": 8.5}},
+                   "bootstrap": BOOT}},
+    # a clear win is served, with its interval in the reason
+    "sw": {"ner": {"measured_on": "sw", "metric": "F1", "scores": {"madx": 70.0, "task_only": 63.0},
+                   "vs_task_only": {"madx": {"delta": 7.0, "low": 3.1, "high": 10.9}}, "bootstrap": BOOT}},
+    # a route the bootstrap did not compare is not served over task_only
+    "rw": {"ner": {"measured_on": "rw", "metric": "F1", "scores": {"madx": 70.0, "task_only": 63.0},
+                   "vs_task_only": {}, "bootstrap": BOOT}},
+    # no task_only score: nothing to compare against, the best route as before
+    "en": {"ner": {"measured_on": "en", "metric": "F1", "scores": {"madx": 80.0, "english": 79.0},
+                   "vs_task_only": {}, "bootstrap": BOOT}},
+}}
+
+
+@pytest.mark.parametrize("language, overrides, want_route, reasons", [
+    ("my", {}, "task_only", ["(F1 41.6)", "madx scored 43.5 but did not beat task_only beyond noise "
+                             "(+1.9, 90% interval -1.2..+5.0 over 100 sentences)"]),
+    ("yo", {}, "english", ["(F1 45.0, task_only 40.0)", "beats task_only beyond noise (+5.0, 90% interval +1.5..+8.5",
+                           "madx scored 47.0 but did not beat"]),
+    ("sw", {}, "madx", ["beats task_only beyond noise (+7.0, 90% interval +3.1..+10.9 over 100 sentences)"]),
+    ("rw", {}, "task_only", ["(F1 63.0)"]),
+    ("en", {}, "madx", ["(F1 80.0)"]),
+    # an override still wins over the noise rule
+    ("my", {"my": "madx"}, "madx", ["override my=madx"]),
+])
+def test_a_route_must_beat_task_only_beyond_noise(language, overrides, want_route, reasons):
+    c = choose("ner", language, SERVED | {"my"}, NOISY, "en", overrides)
+    assert c.route == want_route, c.reason
+    for r in reasons:
+        assert r in c.reason, c.reason
