@@ -2,7 +2,7 @@
 # Issue 12's CPU training queue, in the order that gives usable results soonest: the English
 # adapters and the seed-0 NER task adapters on them, then the languages the backbone never saw
 # (the paper-effect target), then seed 1 of rows (a) and (c), row (b) without NICE, the seen languages,
-# then QA and row (b)'s second seed. Every step is
+# then QA and row (b)'s second seed, row (b)'s adapters for the QA targets, its QA task adapters. Every step is
 # resumable and skips finished artifacts, so re-running this after a stop continues the queue.
 #   scripts/madx12_queue.sh STORE [LANG_MINUTES]
 # Precision: the English adapters were trained over the fp32 backbone (before bf16 training was
@@ -29,6 +29,7 @@ lang full "$SEEN"  # 17 languages in all; XQuAD ar/zh and TyDiQA sw need these f
 tasks qa 0 "taskonly madx"
 tasks ner 1 "noinv"
 tasks qa 1 "taskonly madx"
+lang noinv "sw zh ar"  # row (b) on the QA targets (XQuAD ar/zh, TyDiQA sw) first
 tasks qa 0 "noinv"
 tasks qa 1 "noinv"
-lang noinv "$SEEN"
+lang noinv "$SEEN"  # the other seen targets of row (b)

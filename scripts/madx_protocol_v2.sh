@@ -26,7 +26,7 @@ C="--store $STORE --threads ${THREADS:-2} --no-progress ${BACKBONE_DTYPE:+--back
 have() { have_adapter "$STORE" "$1"; }
 
 if [ "$WHAT" != eval ]; then
-  for a in $(python -c "import json;m=json.load(open('$STORE/manifest.json'))['adapters'];print(' '.join(k for k,v in m.items() if v['kind']=='language' and '-' not in k))"); do
+  for a in $(language_adapters "$STORE"); do
     have "$a-v2" || $T derive --store "$STORE" --source "$a" --name "$a-v2" --leave-out -1
   done
   task() {  # NAME SEED LANG_ADAPTER|- ARGS...
