@@ -6,7 +6,7 @@ Pure policy, no torch and no I/O. The store's manifest carries the evidence (``r
       "evidence": {"sw": {"ner": {"measured_on": "sw", "metric": "F1", "scores": {"madx": 61.2,
                    "task_only": 63.0, "english": 58.1, "related:rw": 55.0, "ensemble:sw+rw": 62.4},
                    "vs_task_only": {"madx": {"delta": -1.8, "low": -4.0, "high": 0.4}, ...},
-                   "bootstrap": {"resamples": 2000, "interval": 0.9, "examples": 300, "unit": "sentences"}}}},
+                   "bootstrap": {"resamples": 2000, "interval": 0.95, "examples": 300, "unit": "sentences"}}}},
       "default": {"ner": {"route": "task_only", "over": ["yo", "rw", ...], "scores": {...}}}
     }
 
