@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from madx.artifacts import load_store, read_manifest  # noqa: E402
 from madx.data import read_conll  # noqa: E402
-from serving.routing import choose  # noqa: E402
+from madx.language_codes import canonical  # noqa: E402
+from serving.routing import choose, keyed_by_code  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 
@@ -50,6 +51,11 @@ def main() -> int:
     m = read_manifest(args.store)
     alone = alone if alone in m["adapters"] else name
     served = {n for n, e in m["adapters"].items() if e["kind"] == "language"}
+
+    def code_of(tag: str) -> str:  # as the server routes a request's language (Engine._language_code)
+        return tag if tag in served else canonical(tag)
+
+    routing = keyed_by_code(m.get("routing") or {}, code_of)
     bb = load_backbone(s.backbone)
     model, tok = MadxModel(bb.model, bb.name).eval(), bb.tokenizer
     set_backbone_dtype(model, args.backbone_dtype, "fp32")
@@ -57,8 +63,8 @@ def main() -> int:
     rows = []
     for pair in args.test:
         target, path = pair.split("=", 1)
-        lang = target.split("-")[0]
-        choice = choose("ner", lang, served, m.get("routing") or {}, s.routing.source_language, adapter=name, alone=alone)
+        lang = code_of(target.split("-")[0])
+        choice = choose("ner", lang, served, routing, s.routing.source_language, adapter=name, alone=alone)
         if choice is None:
             raise SystemExit(f"{args.store} has no routing evidence; run scripts/route_evidence.py first")
         stacks = choice.stacks

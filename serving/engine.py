@@ -30,7 +30,7 @@ from . import compute
 from .batcher import Batcher
 from .cache import AdapterCache
 from .metrics import Metrics
-from .routing import RouteError, choose
+from .routing import RouteError, choose, keyed_by_code
 from .settings import Limits, Settings
 from .text import entities_from_words, split_words
 
@@ -118,7 +118,10 @@ class Engine:
                 raise ArtifactError(f"tasks_alone.{t} = {name!r} was trained on top of a language adapter; the "
                                     f"task_only route needs a task adapter trained without one")
         self._refresh_detector()
-        self.routing = self._keyed_by_code(read_manifest(settings.adapter_store).get("routing") or {})
+        try:  # measured route scores, under the codes requests are routed with
+            self.routing = keyed_by_code(read_manifest(settings.adapter_store).get("routing") or {}, self._code_of)
+        except RouteError as e:
+            raise ArtifactError(str(e)) from None
         b = settings.batching
         # windows never exceed the backbone's positions (smaller windows, never truncated input)
         self.ner_window = min(b.ner_window, self.model.max_positions)
@@ -243,21 +246,12 @@ class Engine:
         why = f"no adapter for {language!r}" if language else "the language was not determined"
         return Route(AdapterStack(None, alone), language, source, conf, "task_only", "task_only", why)
 
-    def _keyed_by_code(self, routing: dict) -> dict:
-        """The measured route scores, each language under the code a request for it is routed with
-        (``_language_code``): evidence written under an alias (a data set's 'tw') would never be found
-        for a request routed as its canonical code ('ak')."""
-        keyed: dict = {}
-        for tag, ev in (routing.get("evidence") or {}).items():
-            try:
-                code = self._language_code(tag)
-            except RequestError:
-                code = tag
-            if code in keyed:
-                raise ArtifactError(f"routing evidence has two entries for language {code!r} (one of them under "
-                                    f"{tag!r}); keep one")
-            keyed[code] = ev
-        return {**routing, "evidence": keyed} if "evidence" in routing else routing
+    def _code_of(self, tag: str) -> str:
+        """``_language_code`` for stored names: a ValueError (not a request's 422) for a non-code."""
+        try:
+            return self._language_code(tag)
+        except RequestError as e:
+            raise ValueError(str(e)) from None
 
     def _language_code(self, tag: str) -> str:
         """A served adapter's own name as given (e.g. 'pt-br'), else the canonical code: ISO 639-1/2/3,

@@ -27,7 +27,7 @@ evidence (``None``), so the caller keeps its older rules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from madx.config import AdapterStack
@@ -96,6 +96,24 @@ def _interval(vs: Mapping, ev: Mapping) -> str:
     pct = f"{100 * boot['interval']:.0f}% " if "interval" in boot else ""
     over = f" over {boot['examples']} {boot.get('unit', 'examples')}" if "examples" in boot else ""
     return f"{vs['delta']:+.1f}, {pct}interval {vs['low']:+.1f}..{vs['high']:+.1f}{over}"
+
+
+def keyed_by_code(routing: Mapping, code_of: Callable[[str], str]) -> dict:
+    """``routing`` with each language's evidence under the code a request for it is routed with,
+    ``code_of(tag)`` (the server's rule; the tag itself where ``code_of`` raises ValueError): evidence
+    written under an alias (a data set's 'tw') would never be found for a request routed as its
+    canonical code ('ak'). Two entries for one language are a RouteError."""
+    keyed: dict = {}
+    for tag, ev in (routing.get("evidence") or {}).items():
+        try:
+            code = code_of(tag)
+        except ValueError:
+            code = tag
+        if code in keyed:
+            raise RouteError(f"routing evidence has two entries for language {code!r} (one of them under "
+                             f"{tag!r}); keep one")
+        keyed[code] = ev
+    return {**routing, "evidence": keyed} if "evidence" in routing else dict(routing)
 
 
 def choose(task: str, language: str | None, served: set[str], routing: Mapping, source: str = "en",

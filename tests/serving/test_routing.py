@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from madx.config import AdapterStack
-from serving.routing import RouteError, choose, stacks_for
+from serving.routing import RouteError, choose, keyed_by_code, stacks_for
 
 SERVED = {"en", "sw", "rw", "yo"}
 ROUTING = {
@@ -131,3 +131,21 @@ def test_a_route_must_beat_task_only_beyond_noise(language, overrides, want_rout
     assert c.route == want_route, c.reason
     for r in reasons:
         assert r in c.reason, c.reason
+
+
+@pytest.mark.parametrize("evidence, want_keys", [
+    ({"tw": {}, "sw": {}}, {"ak", "sw"}),  # an alias goes under the code requests are routed with
+    ({"pt-br": {}}, {"pt-br"}),  # a served adapter's own name stays as it is
+    ({"not a code!": {}}, {"not a code!"}),  # a name code_of refuses is kept
+])
+def test_evidence_is_keyed_by_the_code_requests_are_routed_with(evidence, want_keys):
+    from madx.language_codes import canonical
+
+    def code_of(tag):
+        return tag if tag == "pt-br" else canonical(tag)
+
+    routing = {"evidence": evidence, "default": {"ner": {"route": "task_only"}}}
+    keyed = keyed_by_code(routing, code_of)
+    assert set(keyed["evidence"]) == want_keys and keyed["default"] == routing["default"]
+    with pytest.raises(RouteError, match="two entries for language 'sw'"):
+        keyed_by_code({"evidence": {"sw": {}, "swa": {}}}, code_of)
