@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 from madx.artifacts import load_store, read_manifest  # noqa: E402
 from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterStack  # noqa: E402
-from madx.data import read_conll, read_squad  # noqa: E402
-from madx.features import ner_features  # noqa: E402
+from madx.features import ner_features, pad  # noqa: E402
 from madx.model import MadxModel  # noqa: E402
 from madx.precision import set_backbone_dtype  # noqa: E402
-from madx.train import evaluate_ner, evaluate_qa, pad  # noqa: E402
+from madx.train.data import read_conll, read_squad  # noqa: E402
+from madx.train.evaluate import evaluate_ner, evaluate_qa  # noqa: E402
 from serving.batcher import plan_batches  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -131,7 +131,7 @@ def main() -> None:
                 + ([("XQuAD en", "qa", DATA / "qa" / "xquad" / "xquad.en.json", None)] if args.split == "test" else [])
                 + [(f"TyDiQA sw (zero-shot, {args.split} half)", "qa",
                     DATA / "qa" / "tydiqa_goldp_xtreme" / "train" / "tydiqa.goldp.sw.train.json", args.split)])
-        from madx.corpus import heldout
+        from madx.train.corpus import heldout
 
         for label, task, path, half in sets:
             for v, m in models.items():

@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from traffic import SENTENCES, WEIGHTS  # noqa: E402
 
-from madx.features import ner_features  # noqa: E402
-from madx.train import pad  # noqa: E402
+from madx.features import ner_features, pad  # noqa: E402
 from serving import compute  # noqa: E402
 from serving.engine import Engine  # noqa: E402
 from serving.settings import load_settings  # noqa: E402

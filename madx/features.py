@@ -16,6 +16,8 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from .words import invisible
 
 IGNORE = -100
@@ -160,3 +162,13 @@ def _trim(context: str, a: int, b: int) -> tuple[int, int] | None:
     while b > a and invisible(context[b - 1]):
         b -= 1
     return (a, b) if a < b else None
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad to (B, T_max)."""
+    T = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), T), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
+

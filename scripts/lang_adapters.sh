@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Language adapters as in MAD-X (issue 12): bottleneck rf 2 + NICE invertible adapter, trained by
-# masked-LM on madx/corpus.py's training cut of each language, with the store's frozen MLM head,
+# masked-LM on madx/train/corpus.py's training cut of each language, with the store's frozen MLM head,
 # stopped by a held-out criterion (full-vocabulary MLM loss on 200 dev lines, scored every 50 steps,
 # patience 3; the best step is kept). Resumable: each run has a time budget and a re-run continues
 # where it stopped, so languages are trained in turns over several sessions.

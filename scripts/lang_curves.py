@@ -2,7 +2,7 @@
 (issue 12: the evidence asked for where MAD-X does not beat the task adapter alone).
 
 Reads the snapshots `madx-train lang --snapshots DIR` keeps at every dev scoring, stacks each under a
-task adapter and scores the language's NER *dev* data (madx/corpus.py NER_DEV); the task adapter alone
+task adapter and scores the language's NER *dev* data (madx/train/corpus.py NER_DEV); the task adapter alone
 is the flat baseline.
 
     python scripts/lang_curves.py STORE --task-adapter ner-madx-s0 --languages yo rw lg --out docs/lang_curves.json
@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 from madx.artifacts import config_from_json, install_weights, load_store  # noqa: E402
 from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterStack  # noqa: E402
-from madx.corpus import NER_DEV  # noqa: E402
-from madx.data import read_conll  # noqa: E402
 from madx.model import MadxModel  # noqa: E402
-from madx.train import evaluate_ner  # noqa: E402
+from madx.train.corpus import NER_DEV  # noqa: E402
+from madx.train.data import read_conll  # noqa: E402
+from madx.train.evaluate import evaluate_ner  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     snaps = args.snapshots or args.store / ".snapshots"
-    from madx.corpus import default_root
+    from madx.train.corpus import default_root
     dev_files = {**{k: default_root() / v for k, v in NER_DEV.items()}, **dict(x.split("=", 1) for x in args.dev)}
     bb = load_backbone(args.backbone)
     model = MadxModel(bb.model, bb.name).eval()

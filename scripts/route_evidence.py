@@ -4,12 +4,12 @@
     python scripts/route_evidence.py --store S [--tasks ner qa] [--max-dev 300] [--out docs/route_evidence.json]
 
 For each language adapter L of the store (its manifest language), and each language with dev data
-but no adapter, on L's dev data (madx/corpus.py NER_DEV / QA_DEV), or on its related language's dev
+but no adapter, on L's dev data (madx/train/corpus.py NER_DEV / QA_DEV), or on its related language's dev
 data where L has none: ``madx`` (L + task), ``task_only`` (the task adapter trained alone: --alone,
 the server's tasks_alone), ``english`` (the source adapter + task), ``related:R`` (R =
 corpus.RELATED[L]) and ``ensemble:L+R``. Routes whose adapters the store lacks are skipped. Each
 route also gets a paired bootstrap of its difference to ``task_only`` over the dev sentences (NER)
-or questions (QA) (``vs_task_only``; madx.metrics.paired_bootstrap): the server serves a route with
+or questions (QA) (``vs_task_only``; madx.train.metrics.paired_bootstrap): the server serves a route with
 more adapters only when it wins beyond that noise. The default route for languages without evidence
 (task_only or english: routes that need no adapter of the language's own) is the best on average
 over the measured languages the backbone did not see in pre-training, english only when it beats
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from madx import corpus  # noqa: E402
 from madx.artifacts import load_store, read_manifest, update_manifest  # noqa: E402
-from madx.data import read_conll, read_squad  # noqa: E402
-from madx.route_evidence import language_evidence, measured_default  # noqa: E402
+from madx.train import corpus  # noqa: E402
+from madx.train.data import read_conll, read_squad  # noqa: E402
+from madx.train.route_evidence import language_evidence, measured_default  # noqa: E402
 from serving.routing import RouteError, stacks_for  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from madx.backbone import load_backbone
     from madx.model import MadxModel
-    from madx.train import evaluate_ner, evaluate_qa
+    from madx.train.evaluate import evaluate_ner, evaluate_qa
 
     server = Settings()  # the server's defaults: its task adapters and those trained alone
     names = dict(x.split("=", 1) for x in (args.task_adapter or [])) or dict(server.tasks)

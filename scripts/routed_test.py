@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from madx.artifacts import load_store, read_manifest  # noqa: E402
-from madx.data import read_conll  # noqa: E402
 from madx.language_codes import canonical  # noqa: E402
+from madx.train.data import read_conll  # noqa: E402
 from serving.routing import choose, keyed_by_code  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> int:
     from madx.backbone import load_backbone
     from madx.model import MadxModel
     from madx.precision import set_backbone_dtype
-    from madx.train import evaluate_ner
+    from madx.train.evaluate import evaluate_ner
 
     s = Settings()  # the server's defaults: task adapter names, source language
     name, alone = s.tasks["ner"], s.tasks_alone.get("ner")

@@ -19,12 +19,11 @@ from madx.artifacts import ArtifactError, read_manifest
 from madx.backbone import load_backbone
 from madx.config import AdapterStack
 from madx.decode import best_spans, softmax, word_predictions
-from madx.features import ner_features, qa_windows
+from madx.features import ner_features, pad, qa_windows
 from madx.langid import Detector, load_profiles
 from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
 from madx.precision import set_backbone_dtype
-from madx.train import pad
 
 from . import compute
 from .batcher import Batcher

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from madx.data import DataError, normalise_sentence, read_conll, read_squad, read_text
-from madx.metrics import entities, f1_of_counts, mean_of_scores, ner_f1, normalize_answer, paired_bootstrap, squad_scores
+from madx.train.data import DataError, normalise_sentence, read_conll, read_squad, read_text
+from madx.train.metrics import entities, f1_of_counts, mean_of_scores, ner_f1, normalize_answer, paired_bootstrap, squad_scores
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -37,7 +37,7 @@ def test_the_mlm_head_ships_with_its_training_record():
 
     from madx.backbone import load_backbone
     from madx.model import MadxModel
-    from madx.train import load_mlm_head
+    from madx.train.masked_lm import load_mlm_head
 
     info = json.loads((PACKAGED_STORE / "_mlm_head" / "mlm_head.json").read_text())
     assert info["training"]["config"]["seed"] == 0 and info["training"]["curve"]  # a seed fixes its init

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from madx.config import AdapterConfig, AdapterStack
-from madx.mlm import IGNORE, MlmHead, mask_tokens, mlm_loss
+from madx.train.mlm import IGNORE, MlmHead, mask_tokens, mlm_loss
 from tests.helpers import batch, tiny_madx
 
 

@@ -10,9 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from madx.config import AdapterConfig, AdapterStack
-from madx.head_fit import HeadFitConfig, MaskedStates, fit_head, masked_states, score_head, unigram_score
-from madx.mlm import IGNORE, MlmHead, mask_tokens, mlm_loss
 from madx.model import MadxModel
+from madx.train.head_fit import HeadFitConfig, MaskedStates, fit_head, masked_states, score_head, unigram_score
+from madx.train.mlm import IGNORE, MlmHead, mask_tokens, mlm_loss
 from tests.helpers import batch, randomize_, tiny_madx
 
 TOL = 1e-5
@@ -81,7 +81,7 @@ def test_masked_states_are_the_encoder_states_at_masked_positions(xlmr_tiny):
 
 @pytest.mark.parametrize("depth, width", [(1, None), (3, 40)])
 def test_deeper_heads_save_and_load_exactly(tmp_path, xlmr_tiny, depth, width):
-    from madx.train import load_mlm_head, save_mlm_head
+    from madx.train.masked_lm import load_mlm_head, save_mlm_head
 
     model, _ = xlmr_tiny
     head = MlmHead(model.backbone.embeddings.word_embeddings, depth=depth, width=width)
@@ -119,7 +119,7 @@ def test_candidate_loss_is_the_full_loss_when_the_candidates_are_the_vocabulary(
 
 
 def test_corpus_split_is_fixed_and_disjoint():
-    from madx.corpus import heldout
+    from madx.train.corpus import heldout
 
     lines = [f"line number {i} of some text" for i in range(2000)]
     cut = [heldout(x) for x in lines]
@@ -129,8 +129,8 @@ def test_corpus_split_is_fixed_and_disjoint():
 
 @pytest.mark.data
 def test_corpus_never_trains_on_evaluation_sentences():
-    from madx import corpus
-    from madx.data import normalise_sentence, read_conll
+    from madx.train import corpus
+    from madx.train.data import normalise_sentence, read_conll
 
     root = corpus.default_root()
     if not (root / "ner").exists():

@@ -1,4 +1,4 @@
-"""Route evidence from per-example dev scores (madx/route_evidence.py): the bootstrap against
+"""Route evidence from per-example dev scores (madx/train/route_evidence.py): the bootstrap against
 task_only that routing needs, and the default for languages without evidence. A table of rows goes
 in, scores, intervals and the default route come out."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from madx.route_evidence import language_evidence, measured_default
+from madx.train.route_evidence import language_evidence, measured_default
 from serving.routing import choose
 
 

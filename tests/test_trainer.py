@@ -12,23 +12,14 @@ import torch
 from madx.artifacts import load_store, read_artifact, read_manifest
 from madx.backbone import load_backbone
 from madx.config import AdapterConfig, AdapterStack
-from madx.data import read_conll, read_squad
 from madx.decode import best_spans, word_predictions
 from madx.model import MadxModel
-from madx.train import (
-    Batches,
-    CheckpointError,
-    TrainConfig,
-    epoch_batches,
-    evaluate_ner,
-    evaluate_qa,
-    fit,
-    ner_step_fn,
-    ner_train_features,
-    qa_step_fn,
-    qa_train_windows,
-)
-from madx.train_cli import NER_LABELS, main
+from madx.train.cli import main
+from madx.train.data import read_conll, read_squad
+from madx.train.evaluate import evaluate_ner, evaluate_qa
+from madx.train.loop import Batches, CheckpointError, TrainConfig, epoch_batches, fit
+from madx.train.task_steps import ner_step_fn, ner_train_features, qa_step_fn, qa_train_windows
+from madx.train.train_commands import NER_LABELS
 
 FIX = Path(__file__).parent / "fixtures"
 TINY = "tiny-xlmr-0+xlmr"  # 2 layers x 32 hidden, real XLM-R tokenizer and vocabulary
@@ -216,7 +207,7 @@ def test_mlm_head_is_copied_from_a_checkpoint_that_has_one(tmp_path):
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
     from madx.backbone import xlmr_tokenizer
-    from madx.train import load_mlm_head
+    from madx.train.masked_lm import load_mlm_head
 
     tok = xlmr_tokenizer()
     torch.manual_seed(0)
@@ -261,11 +252,12 @@ def test_best_spans_prefers_the_window_that_holds_the_answer():
 
 
 def test_qa_question_blind_baseline_scores_one_answer_per_context(monkeypatch):
-    import madx.train as tr
+    import madx.train.evaluate as tr
+    from madx.train.data import QAExample
 
-    ex = [tr.QAExample("1", "Who?", "Ann met Bob in Rome.", (("Ann", 0),)),
-          tr.QAExample("2", "Where?", "Ann met Bob in Rome.", (("Rome", 15),)),
-          tr.QAExample("3", "Whom?", "Ann met Bob in Rome.", (("Bob", 8),))]
+    ex = [QAExample("1", "Who?", "Ann met Bob in Rome.", (("Ann", 0),)),
+          QAExample("2", "Where?", "Ann met Bob in Rome.", (("Rome", 15),)),
+          QAExample("3", "Whom?", "Ann met Bob in Rome.", (("Bob", 8),))]
 
     def fake(model, tok, stack, pairs, *a, **k):  # reads the question: right answers; blind: "Rome"
         return ["Rome" if q == "" else {"Who?": "Ann", "Where?": "Rome", "Whom?": "Bob"}[q] for q, _ in pairs]
@@ -322,7 +314,7 @@ def test_cli_task_with_dev_set_epochs_and_warm_start(tmp_path, capsys):
 
 
 def test_an_ensemble_of_stacks_averages_their_logits():
-    from madx.train import logits_for
+    from madx.train.evaluate import logits_for
     from tests.helpers import NER_LABELS, add_random, tiny_madx
 
     m = tiny_madx("xlm-roberta", seed=3)

@@ -114,7 +114,7 @@ def heldout(line: str, percent: int = 5) -> bool:
 
 
 def default_root() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _eval_sentences(lang: Language, root: Path) -> set[str]:

@@ -5,12 +5,15 @@ Every reader fails with ``DataError`` naming the file and line: ``path:line: wha
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LANG_PREFIX = re.compile(r"^[a-z]{2,3}:(?=.)")  # WikiANN (Rahimi) tokens look like "sw:Nairobi"
 TAG = re.compile(r"^(O|[BI]-[A-Za-z_]+)$")
@@ -173,3 +176,12 @@ def read_text(path: str | Path, exclude: set[str] | None = None, min_chars: int 
         if len(s) >= min_chars and not (exclude and normalise_sentence(s) in exclude):
             out.append(s)
     return out
+
+
+def file_provenance(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        b = Path(p).read_bytes()
+        out.append({"path": str(p), "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+    return out
+

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import AdapterStack
-from .model import MadxModel
+from ..config import AdapterStack
+from ..model import MadxModel
 
 IGNORE = -100
 

