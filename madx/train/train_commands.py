@@ -9,6 +9,7 @@ artifact until it is finished and exits with code 3.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,11 @@ from .data import normalise_sentence, read_conll, read_squad, read_text
 
 NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 STOPPED = 3  # exit code of a run stopped by its time budget (its checkpoint is kept)
+
+
+def command_line(args) -> str:
+    """The command that made an artifact, as recorded in it: a recipe compares it with its own step."""
+    return "madx-train " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
 
 
 def _cfg(args):
@@ -60,10 +66,10 @@ def _finish(args, model, name: str, result, prov: list, extra: dict[str, Any]) -
     if not result.done:
         print(f"stopped by --max-minutes at step {result.step}/{result.steps}; checkpoint kept, re-run the same "
               f"command to resume", file=sys.stderr)
-        return 3
+        return STOPPED
     training = {"config": {**_cfg(args).identity(), "max_minutes": args.max_minutes,
                            "backbone_dtype": getattr(args, "backbone_dtype", "fp32")}, "result": result.summary(),
-                "data": prov, "command": " ".join(sys.argv), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "data": prov, "command": command_line(args), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     dtype = torch.float16 if args.save_dtype == "float16" else None
     entry = save_to_store(model, name, args.store, training=training, extra={"metrics": extra, "data": prov}, dtype=dtype)
     s = result.summary()
@@ -80,42 +86,6 @@ def _exclusions(conll: list[Path], squad: list[Path]) -> set[str]:
         for q in read_squad(p):
             ex.add(normalise_sentence(q.context))
     return ex
-
-
-def cmd_mlm_head(args) -> int:
-    from .loop import fit
-    from .masked_lm import mlm_chunks, mlm_step_fn, save_mlm_head
-    from .mlm import MlmHead
-
-    model, tok = load_model(args)
-    if args.from_backbone:
-        from .masked_lm import pretrained_mlm_head, save_mlm_head
-
-        d = save_mlm_head(pretrained_mlm_head(model, args.backbone), model, args.store,
-                          {"source": f"pretrained head of {args.backbone}"})
-        print(f"saved the backbone's own MLM head to {d}")
-        return 0
-    if not args.text:
-        raise SystemExit("mlm-head needs --text files (or --from-backbone for a checkpoint that ships a head)")
-    lines = [ln for p in args.text for ln in read_text(p, _exclusions(args.exclude_conll, []), min_chars=20)]
-    chunks = mlm_chunks(tok, lines, args.max_len, progress=not args.no_progress)
-    head = MlmHead(model.backbone.embeddings.word_embeddings, eps=model.backbone.config.layer_norm_eps)
-    head.decoder_weight.requires_grad_(False)
-    params = {n: p for n, p in head.named_parameters() if p.requires_grad}
-    model.train()
-    cfg = _cfg(args)
-    res = fit(params, mlm_step_fn(model, head, tok, chunks, AdapterStack(), cfg), cfg, _checkpoint(args, "_mlm_head"),
-              {"command": "mlm-head", "backbone": model.backbone_name, "chunks": len(chunks)}, "mlm-head",
-              not args.no_progress)
-    if not res.done:
-        print(f"stopped by --max-minutes at step {res.step}; re-run to resume", file=sys.stderr)
-        return 3
-    from .data import file_provenance
-
-    d = save_mlm_head(head, model, args.store, {"training": res.summary(), "data": file_provenance(args.text),
-                                                "lines": len(lines)})
-    print(f"saved MLM head to {d} (loss {res.summary()['first_loss']} -> {res.summary()['last_loss']})")
-    return 0
 
 
 def _lang_lines(args) -> tuple[list[str], list[str], int, list]:
@@ -241,7 +211,7 @@ def cmd_derive(args) -> int:
     meta = entries[args.source].get("metrics") or {}
     dtype = torch.float16 if args.save_dtype == "float16" else None
     save_to_store(model, args.name, args.store,
-                  training={"derived_from": args.source, "leave_out": list(leave), "command": " ".join(sys.argv)},
+                  training={"derived_from": args.source, "leave_out": list(leave), "command": command_line(args)},
                   extra={"metrics": {"language": meta.get("language", args.source), "derived_from": args.source,
                                      "leave_out": list(leave)}}, dtype=dtype)
     print(f"saved {args.name!r}: {args.source!r} without its adapters in layers {list(leave)}")

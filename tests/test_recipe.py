@@ -1,0 +1,146 @@
+"""Recipes (madx/train/recipe.py, recipe_run.py): a tiny store built end to end from one file on the
+tiny test backbone, a second run that does nothing, and the ways a recipe and a store can disagree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from madx.artifacts import read_manifest
+from madx.train.cli import build_parser, main
+from madx.train.recipe import RecipeError, differences, load_recipe, step_argv
+from madx.train.ship import checksums
+
+FIX = Path(__file__).parent / "fixtures"
+TINY = "tiny-xlmr-0+xlmr"
+TEXT, NER = str(FIX / "text_sw.txt"), str(FIX / "ner_en.conll")
+
+
+def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3") -> dict:
+    langs = ["sw", "yo", *(["rw"] if extra_lang else [])]
+    return {
+        "backbone": TINY,
+        "options": {"small": {"batch-size": 2, "max-len": 32, "steps": 2, "save-dtype": "float16"},
+                    "ner": {"task": "ner", "train": NER, "reduction-factor": 4, "steps": 3}},
+        "steps": [
+            {"mlm-head": "_mlm_head", "use": ["small"], "with": {"text": [TEXT]}},
+            *({"lang": lg, "use": ["small"], "with": {"language": lg, "text": [TEXT], "lr": lr}} for lg in langs),
+            {"task": "ner-madx", "use": ["small", "ner"], "with": {"lang-adapter": "sw"}},
+            {"task": "ner-alone", "use": ["small", "ner"]},
+            {"evidence": "evidence", "with": {"tasks": ["ner"], "task-adapter": ["ner=ner-madx"], "alone": ["ner=ner-alone"],
+                                              "ner-dev": [f"sw={NER}", f"yo={NER}"], "max-dev": 5, "resamples": 50,
+                                              "backbone-dtype": "fp32"}},
+        ],
+        "ship": {"languages": ["sw", "yo"], "tasks": {"ner": "ner-madx", "ner-alone": "ner-alone"}},
+    }
+
+
+def write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return p
+
+
+def run(recipe: Path, store: Path, *more: str) -> int:
+    return main(["recipe", str(recipe), "--out", str(store), "--no-progress", *more])
+
+
+def mtimes(store: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+
+
+def test_a_tiny_recipe_runs_end_to_end_and_a_second_run_does_nothing(tmp_path, capsys):
+    recipe, store, shipped = write(tmp_path, tiny_recipe()), tmp_path / "store", tmp_path / "shipped"
+    assert run(recipe, store, "--ship", "--ship-to", str(shipped)) == 0
+    out = capsys.readouterr().out
+    assert out.count("done in") == 6 and "shipped 2 language and 2 task adapters" in out
+    m = read_manifest(shipped)
+    assert sorted(m["adapters"]) == ["ner", "ner-alone", "sw", "yo"]
+    assert m["adapters"]["ner"]["trained_as"] == "ner-madx"
+    assert set(m["routing"]["evidence"]) >= {"sw", "yo"} and m["routing"]["task_adapters"]["ner"] == {
+        "stacked": "ner", "alone": "ner-alone"}
+    assert (shipped / "_mlm_head" / "mlm_head.json").exists()
+    # every artifact records the step that made it
+    cfg = json.loads((store / "sw" / "adapter_config.json").read_text())
+    assert cfg["training"]["command"].startswith("madx-train lang --store")
+
+    before, sums = mtimes(store), checksums(shipped)
+    assert run(recipe, store, "--ship", "--ship-to", str(shipped), "--compare", str(shipped)) == 0
+    out = capsys.readouterr().out
+    assert out.count("done (matches the recipe)") == 6 and "done in" not in out
+    assert mtimes(store) == before  # nothing retrained, nothing re-measured
+    assert checksums(shipped) == sums and f"{len(sums)} of {len(sums)} files identical" in out
+
+
+def test_dry_run_and_budget_change_nothing(tmp_path, capsys):
+    recipe, store = write(tmp_path, tiny_recipe()), tmp_path / "store"
+    assert run(recipe, store, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("would run: madx-train") == 6 and not store.exists()
+    assert run(recipe, store, "--max-minutes", "0.000001") == 3  # spent before the first step: resumable
+    got = capsys.readouterr()
+    assert "re-run the same command to resume" in got.out + got.err
+    assert not (store / "manifest.json").exists()
+
+
+def test_a_step_made_differently_is_refused_and_new_adapters_re_measure_the_evidence(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert run(write(tmp_path, tiny_recipe()), store) == 0
+    capsys.readouterr()
+    # a trained adapter the recipe now describes differently: an error naming the option, nothing overwritten
+    before = mtimes(store)
+    assert run(write(tmp_path, tiny_recipe(lr="5e-3"), "changed.yaml"), store) == 2
+    err = capsys.readouterr().err
+    assert "step 2 (lang sw)" in err and "made differently: lr: recipe 0.005, artifact 0.001" in err
+    assert mtimes(store) == before
+    # a new language adapter: it is trained, and the evidence measured without it is re-measured
+    grown = write(tmp_path, tiny_recipe(extra_lang=True), "grown.yaml")
+    assert run(grown, store, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "lang rw: would run" in out and "evidence evidence: would re-measure (earlier steps add adapters)" in out
+    assert run(grown, store) == 0
+    assert "evidence evidence: re-measures (the store's adapters changed" in capsys.readouterr().out
+    assert "rw" in read_manifest(store)["routing"]["adapters"]
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"steps": []}, "steps: List should have at least 1 item"),
+    ({"steps": [{"lang": "sw", "task": "x"}]}, "a step names exactly one kind"),
+    ({"steps": [{"lang": "sw", "lr": 1}]}, "steps.0.lr: Extra inputs are not permitted (got 1)"),
+    ({"steps": [{"lang": "sw", "use": ["nope"]}]}, "uses option groups ['nope']"),
+    ({"steps": [{"lang": "sw"}, {"task": "sw"}]}, "makes the same artifact as step 1"),
+    ({"steps": [{"lang": "a b"}]}, "String should match pattern"),
+    ({"steps": [{"lang": "sw"}], "shipp": {}}, "shipp: Extra inputs are not permitted"),
+])
+def test_bad_recipes_say_where_and_why(tmp_path, recipe, message):
+    with pytest.raises(RecipeError, match=None) as e:
+        load_recipe(write(tmp_path, recipe))
+    assert message in str(e.value)
+
+
+def test_an_unknown_option_of_a_step_is_an_error_before_anything_runs(tmp_path, capsys):
+    r = tiny_recipe()
+    r["steps"][1]["with"]["learning-rate"] = 1
+    assert run(write(tmp_path, r), tmp_path / "store") == 2
+    assert "step 2 (lang sw): not a valid madx-train command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recorded, same", [
+    # the same options in another order, other run-only options, data under another root
+    ("/venv/bin/madx-train task --store /elsewhere --threads 2 --no-progress --max-minutes 90 --name x-s0 --task ner "
+     "--train /work/shared/data/ner/train-en.tsv --lr 1e-3", True),
+    ("madx-train task --store s --task ner --lr 0.001 --train /other/data/ner/train-en.tsv --name y", True),
+    ("madx-train task --store s --name x --task ner --lr 0.001 --train /other/data/ner/train-en.tsv --seed 1", False),
+    ("madx-train task --task ner --lr 0.001 --train /other/data/ner/train-sw.tsv", False),
+    ("madx-train task --task ner --lr 0.001 --train /other/data/ner/train-en.tsv --backbone-dtype bf16", False),
+    ("madx-train lang --language en --text a.txt", False),
+])
+def test_recorded_commands_match_by_what_they_make(tmp_path, recorded, same):
+    data = tmp_path / "data"
+    recipe = load_recipe(write(tmp_path, {"steps": [{"task": "x-s0", "with": {
+        "task": "ner", "lr": 1e-3, "train": "{data}/ner/train-en.tsv"}}]}))
+    argv = step_argv(recipe, recipe.steps[0], tmp_path / "store", data)
+    assert (differences(build_parser(), argv, recorded, data) == []) is same
