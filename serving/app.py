@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Overloaded
-from .engine import RequestError, check_ner_limits, check_qa_limits
+from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics, merge
 from .schemas import AdaptersResponse, AdminLoad, ErrorBody, NerRequest, NerResponse, QaRequest, QaResponse
 from .settings import Settings

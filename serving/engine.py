@@ -28,21 +28,13 @@ from madx.precision import set_backbone_dtype
 from . import compute
 from .batcher import Batcher
 from .cache import AdapterCache
+from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics
 from .routing import RouteError, choose, keyed_by_code
-from .settings import Limits, Settings
+from .settings import Settings
 from .text import entities_from_words, split_words
 
 log = logging.getLogger("madx.serving")
-
-
-class RequestError(Exception):
-    """A client error: HTTP ``status`` with a message quoting the bad value and the rule."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -65,24 +57,6 @@ class Route:
         return {"language": self.language, "language_source": self.source, "detection_confidence": self.confidence,
                 "stack": st(self.stack), "fallback": self.fallback, "route": self.name, "route_reason": self.reason,
                 "stacks": [st(s) for s in self.all_stacks] if len(self.all_stacks) > 1 else None}
-
-
-def check_ner_limits(lim: Limits, texts: list[str]) -> None:
-    if len(texts) > lim.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {lim.max_texts} (limits.max_texts)")
-    for i, t in enumerate(texts):
-        if len(t) > lim.max_chars:
-            raise RequestError(413, f"text {i} has {len(t)} characters; the limit is {lim.max_chars} (limits.max_chars)")
-
-
-def check_qa_limits(lim: Limits, question: str, context: str, top_k: int) -> None:
-    if len(context) > lim.max_chars:
-        raise RequestError(413, f"context has {len(context)} characters; the limit is {lim.max_chars} (limits.max_chars)")
-    if len(question) > lim.max_question_chars:
-        raise RequestError(413, f"question has {len(question)} characters; the limit is {lim.max_question_chars} "
-                                f"(limits.max_question_chars)")
-    if top_k > lim.max_top_k:
-        raise RequestError(422, f"top_k {top_k} is above the limit {lim.max_top_k} (limits.max_top_k)")
 
 
 def pick_device(name: str) -> torch.device:
