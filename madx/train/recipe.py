@@ -27,6 +27,8 @@ changed. This module is pure: it reads files, never trains.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shlex
 from collections.abc import Mapping
@@ -145,10 +147,13 @@ def step_argv(recipe: Recipe, step: Step, store: Path, data: Path) -> list[str]:
     for k, v in step_options(recipe, step).items():
         if v is None or v is False:
             continue
-        argv.append(f"--{k}")
         if v is True:
-            continue
-        argv += [_expand(x, subst) for x in v] if isinstance(v, list) else [_expand(v, subst)]
+            argv.append(f"--{k}")
+        elif isinstance(v, list):
+            argv += [f"--{k}", *(_expand(x, subst) for x in v)]
+        else:  # --k=v where the value starts with '-' (--lang-suffix=-noinv)
+            x = _expand(v, subst)
+            argv += [f"--{k}={x}"] if x.startswith("-") else [f"--{k}", x]
     return argv
 
 
@@ -168,10 +173,13 @@ def _same(a: Any, b: Any, data: Path) -> bool:
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, Any]:
+    said = io.StringIO()
     try:
-        ns = parser.parse_args(argv)
+        with contextlib.redirect_stderr(said):
+            ns = parser.parse_args(argv)
     except SystemExit:
-        raise RecipeError(f"not a valid madx-train command: {shlex.join(argv)}") from None
+        why = (said.getvalue().strip().splitlines() or ["?"])[-1]
+        raise RecipeError(f"not a valid madx-train command ({why}): {shlex.join(argv)}") from None
     return {k: v for k, v in vars(ns).items() if k not in RUN_ONLY}
 
 
