@@ -1,4 +1,4 @@
-"""Backbone precision: speed and quality of fp32 / bf16 / int8 backbones, in one run (issue 15).
+"""Backbone precision: speed and quality of fp32 / bf16 / int8 backbones, in one run.
 
 Speed: the same NER windows (WikiANN sentences of several languages, mixed stacks from the store,
 batched by the serving planner) through each variant, interleaved round by round so drift hits

@@ -1,4 +1,4 @@
-"""Latency of small requests while one big request runs (issue 13, finding 11).
+"""Latency of small requests while one big request runs.
 
     python benchmarks/bench_fairness.py [--big-texts 48] [--json docs/bench_fairness_cpu.json]
 

@@ -1,5 +1,5 @@
 """Curves of MLM dev loss against zero-shot NER dev F1 over a language adapter's training steps
-(issue 12: the evidence asked for where MAD-X does not beat the task adapter alone).
+(the evidence of why MAD-X does not beat the task adapter alone here).
 
 Reads the snapshots `madx-train lang --snapshots DIR` keeps at every dev scoring, stacks each under a
 task adapter and scores the language's NER *dev* data (madx/train/corpus.py NER_DEV); the task adapter alone

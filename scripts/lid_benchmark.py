@@ -1,4 +1,4 @@
-"""Compare language-identification libraries on held-out sentences (issue 14).
+"""Compare language-identification libraries on held-out sentences (docs/LID.md).
 
     python scripts/lid_benchmark.py --out docs/lid_benchmark.json [--per-language 200]
 

@@ -1,4 +1,4 @@
-"""Train and compare MLM heads for the embedded backbone on cached masked states (issue 12, part 1).
+"""Train and compare MLM heads for the embedded backbone on cached masked states (docs/RESULTS.md).
 
     python scripts/mlm_head_study.py --out docs/mlm_head.json [--store S] [--variant depth=1 ...]
 

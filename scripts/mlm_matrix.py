@@ -1,4 +1,4 @@
-"""The language x adapter masked-LM matrix (issue 12): does each language adapter lower held-out MLM
+"""The language x adapter masked-LM matrix: does each language adapter lower held-out MLM
 loss for its own language, and not for unrelated ones?
 
     python scripts/mlm_matrix.py --store S --out docs/mlm_matrix.json [--md docs/mlm_matrix.md] [--lines 100]

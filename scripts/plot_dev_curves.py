@@ -1,6 +1,6 @@
 """Plot the dev curves (and training loss) that task-adapter training recorded in a store.
 
-    python scripts/plot_dev_curves.py /work/runs/store ner-s0 qa-s0 --out docs/dev_curves.png
+    python scripts/plot_dev_curves.py stores/multisource ner-madx-s0 --out docs/dev_curves.png
 
 Needs matplotlib (``pip install -e '.[docs]'``). Reads each adapter's ``metrics.dev_curve`` and the
 loss curve from its artifact's training record; draws nothing it did not read.

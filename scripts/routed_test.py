@@ -1,7 +1,7 @@
 """Score the server's routing policy on test sets: each target is served by the route the store's
 evidence chooses for its language (serving/routing.py, as the server does), next to the task adapter
 trained alone (row (a) of the protocol, with the same seed). The evidence was measured on dev data
-(scripts/route_evidence.py); this is the held-out check of the policy that evidence drives.
+(`madx-train evidence`); this is the held-out check of the policy that evidence drives.
 
     python scripts/routed_test.py --store madx/default_store --out results.json \
         --test yo=.../test-yo.tsv ig-masakhaner=.../ibo/test.txt ...
@@ -66,7 +66,7 @@ def main() -> int:
         lang = code_of(target.split("-")[0])
         choice = choose("ner", lang, served, routing, s.routing.source_language, adapter=name, alone=alone)
         if choice is None:
-            raise SystemExit(f"{args.store} has no routing evidence; run scripts/route_evidence.py first")
+            raise SystemExit(f"{args.store} has no routing evidence; run madx-train evidence first")
         stacks = choice.stacks
         data = read_conll(Path(path))
         for row, st in (("(r) routed by evidence", stacks),):

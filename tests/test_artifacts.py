@@ -191,7 +191,7 @@ def test_cli_import_requires_explicit_pickle_opt_in(tmp_path, capsys):
 
 
 def test_a_manifest_writer_never_loses_an_adapter_added_while_it_worked(tmp_path):
-    # route_evidence.py read the manifest, measured for minutes and wrote it back with its routing:
+    # madx-train evidence read the manifest, measured for minutes and wrote it back with its routing:
     # a task adapter a training run had added meanwhile vanished from the store
     import threading
     import time

@@ -134,7 +134,7 @@ def test_qa_runs_the_adapter_trained_alone_as_its_evidence_says(engine):
 
 
 def test_qa_stride_adapts_to_a_long_question(engine):
-    """Issue 13 finding 11: a fixed 128-token overlap with a ~230-token question moved each window by
+    """A fixed 128-token overlap with a ~230-token question moved each window by
     ~20 tokens (230 windows for a 13 KB context); the overlap is now at most half a window's context."""
     question = " ".join(["What did the committee decide about the budget of the new regional hospital"] * 17)
     q_tokens = len(engine.tok(question, add_special_tokens=False)["input_ids"])

@@ -56,7 +56,7 @@ def test_kuberay_rayservice_manifest():
 
 
 def test_the_ray_control_plane_is_authenticated_and_fenced():
-    """Issue 13 finding 16: token auth everywhere, and a NetworkPolicy in front of the control plane."""
+    """Token auth everywhere, and a NetworkPolicy in front of the control plane."""
     m = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
     rc = m["spec"]["rayClusterConfig"]
     assert rc["authOptions"] == {"mode": "token"}

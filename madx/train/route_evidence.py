@@ -1,6 +1,6 @@
 """Route evidence from per-example dev scores: each route's paired bootstrap against ``task_only``, and
 the default route for languages without evidence. Pure (numpy via madx.metrics), no model, no I/O;
-scripts/route_evidence.py measures the rows, serving/routing.py reads what this writes.
+madx/train/evidence.py (`madx-train evidence`) measures the rows, serving/routing.py reads what this writes.
 
 ``rows``: route -> one row per dev example, the additive counts of the task's metric (NER: each
 sentence's (true positives, gold, predicted) entities; QA: each question's (F1 in [0, 1], 1)).

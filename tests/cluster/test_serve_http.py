@@ -77,7 +77,7 @@ def test_admin_change_reaches_the_backbone(served):
 
 
 def test_the_ray_control_plane_refuses_requests_without_the_token(served):
-    """Issue 13 finding 16: RAY_AUTH_MODE=disabled was forced and the dashboard/job API answered anyone."""
+    """RAY_AUTH_MODE=disabled was forced and the dashboard/job API answered anyone."""
     import os
     from pathlib import Path
 

@@ -39,7 +39,7 @@ def _summary(prefix):
 
 
 def test_unload_reload_and_a_corrupt_adapter_during_load_fail_no_request(served, tmp_path):
-    """Issue 13: unload and reload under locust load, then a reload over a corrupted file: 0 failed
+    """Unload and reload under locust load, then a reload over a corrupted file: 0 failed
     user requests; the corrupt reload is refused (422) and the verified copy keeps serving."""
     import httpx
 

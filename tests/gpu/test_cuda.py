@@ -1,4 +1,4 @@
-"""The GPU path (issue 15): fp16/bf16 backbones on CUDA and the gathered adapter kernel. Skipped
+"""The GPU path: fp16/bf16 backbones on CUDA and the gathered adapter kernel. Skipped
 without a CUDA device (this project's CI has none); run on a GPU machine with `pytest tests/gpu`."""
 
 from __future__ import annotations

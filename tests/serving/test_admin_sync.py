@@ -1,4 +1,4 @@
-"""Issue 13 finding 9: admin operations in Ray mode are applied or reported per replica, never left
+"""Admin operations in Ray mode are applied or reported per replica, never left
 silently diverged; a profile file that breaks after an op does not turn the applied op into a 500.
 Serve logic without a cluster: the deployment classes run with fake handles."""
 

@@ -237,7 +237,7 @@ def test_overload_refuses_at_once(make_engine):
 
 
 def test_a_request_that_could_never_be_queued_is_413_not_503(make_engine):
-    """Issue 13 finding 12: it was a 503 whose retries could never succeed."""
+    """It was a 503 whose retries could never succeed."""
     eng = make_engine(batching={"max_queue_rows": 3})
     with pytest.raises(RequestError) as e:
         run(eng.ner(["a b", "c d", "e f", "g h"], "en", False))

@@ -108,7 +108,7 @@ def _send(engine, method, path, **kw):
 @SETTINGS
 @given(text=ANY_UNICODE, field=st.sampled_from(["text", "language", "question", "context"]))
 def test_any_unicode_over_http_is_200_or_a_json_4xx_never_5xx(fuzz_engine, text, field):
-    """Issue 13: the property tests excluded category Cs; lone surrogates gave 500 in 6 of 6 places."""
+    """The property tests once excluded category Cs; lone surrogates gave 500 in 6 of 6 places."""
     import json
 
     engine = fuzz_engine

@@ -1,4 +1,4 @@
-"""Client input that used to give 500 (issue 13, findings 1-3): every one is a 4xx with a JSON body
+"""Client input that used to give 500: every one is a 4xx with a JSON body
 that quotes a shortened, JSON-safe echo of the bad value."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 findings 4, 7, 8, 10, 13 and 14: adapter integrity, admin loads and what errors disclose.
+"""Adapter integrity, admin loads and what errors disclose.
 Each test failed on the code before the fix (the finding's number is in its name)."""
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_a_default_measured_on_seen_languages_says_so():
     assert "best route on average over 1 measured languages" in c.reason, c.reason
 
 
-# evidence with a paired bootstrap against task_only over the dev examples (scripts/route_evidence.py)
+# evidence with a paired bootstrap against task_only over the dev examples (madx-train evidence)
 BOOT = {"resamples": 2000, "interval": 0.9, "examples": 100, "unit": "sentences"}
 NOISY = {"evidence": {
     # madx +1.9 on 100 sentences, its interval spans 0: noise, task_only is served
