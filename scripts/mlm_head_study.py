@@ -19,18 +19,9 @@ from pathlib import Path
 import torch
 
 from madx.train import corpus
+from madx.train.head_commands import budget_lines
 from madx.train.head_fit import HeadFitConfig, fit_head, masked_states, score_head, unigram_score
 from madx.train.masked_lm import mlm_chunks
-
-
-def budget(lines, chars: int) -> list[str]:
-    out, n = [], 0
-    for line in corpus.sample(lines, len(lines), seed=1):
-        if n >= chars:
-            break
-        out.append(line)
-        n += len(line)
-    return out
 
 
 def main() -> None:
@@ -58,7 +49,7 @@ def main() -> None:
         texts_train, texts_dev, texts_held = {}, {}, {}
         for c in codes:
             s = corpus.load(c)
-            pool = budget(s.train, args.chars + 2_000)
+            pool = budget_lines(s.train, args.chars + 2_000)
             texts_dev[c], texts_train[c] = pool[:args.dev_lines], pool[args.dev_lines:]
             texts_held[c] = corpus.sample(s.heldout, args.heldout, seed=2)
             print(f"{c}: {len(texts_train[c])} train lines, {len(texts_dev[c])} dev, {len(texts_held[c])} held out",

@@ -54,7 +54,7 @@ def cmd_mlm_head(args) -> int:
     return 0
 
 
-def _budget(lines: list[str], chars: int) -> list[str]:
+def budget_lines(lines: list[str], chars: int) -> list[str]:
     """A seeded sample of ``lines`` of about ``chars`` characters."""
     from . import corpus
 
@@ -78,7 +78,7 @@ def cmd_fit_head(args) -> int:
     codes = args.languages or corpus.available(args.data)
     train, dev = {}, {}
     for c in codes:
-        pool = _budget(corpus.load(c, args.data).train, args.chars + 2_000)
+        pool = budget_lines(corpus.load(c, args.data).train, args.chars + 2_000)
         dev[c], train[c] = pool[:args.dev_lines], pool[args.dev_lines:]
         print(f"{c}: {len(train[c])} train lines, {len(dev[c])} dev", flush=True)
     unigram = Counter(i for c in codes for ch in mlm_chunks(tok, train[c], 128) for i in ch)
