@@ -26,17 +26,27 @@ def ner_train_features(tokenizer, data: NerFile, labels: Sequence[str], max_len:
     return ner_features(tokenizer, texts, spans, ys, max_len)
 
 
+def ner_loss(model: MadxModel, tokenizer, rows, stack: AdapterStack) -> tuple[torch.Tensor, int]:
+    """Token cross-entropy of a batch of NER windows under ``stack``; (loss, real tokens)."""
+    ids = pad([f.input_ids for f in rows], tokenizer.pad_token_id)
+    y = pad([f.labels for f in rows], IGNORE)
+    mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(f.input_ids) for f in rows])[:, None]).long()
+    _, logits = model(ids, mask, [stack] * len(rows))
+    logits = torch.stack(logits)  # (B, T, L)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE), int(mask.sum())
+
+
 def ner_step_fn(model: MadxModel, tokenizer, feats, stack: AdapterStack, cfg: TrainConfig):
     batches = Batches([len(f.input_ids) for f in feats], cfg.batch_size, cfg.seed)
+    return lambda step: ner_loss(model, tokenizer, [feats[i] for i in batches(step)], stack)
 
+
+def mixture_step_fn(model: MadxModel, tokenizer, examples: dict[str, list], mixture, task: str, loss):
+    """Multi-source steps (madx/train/mixture.py): each step's batch comes from the language the
+    mixture draws and passes through the language adapter it picks, under task adapter ``task``."""
     def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        rows = [feats[i] for i in batches(step)]
-        ids = pad([f.input_ids for f in rows], tokenizer.pad_token_id)
-        y = pad([f.labels for f in rows], IGNORE)
-        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(f.input_ids) for f in rows])[:, None]).long()
-        _, logits = model(ids, mask, [stack] * len(rows))
-        logits = torch.stack(logits)  # (B, T, L)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE), int(mask.sum())
+        d = mixture(step)
+        return loss(model, tokenizer, [examples[d.language][i] for i in d.rows], AdapterStack(d.adapter, task))
 
     return loss_at
 
@@ -67,19 +77,18 @@ def qa_step_fn(model: MadxModel, tokenizer, windows, stack: AdapterStack, cfg: T
     """Start/end cross-entropy over each window's context tokens and <s> (question tokens and
     separators can never be an answer, so they get no probability mass)."""
     batches = Batches([len(w.input_ids) for w in windows], cfg.batch_size, cfg.seed)
+    return lambda step: qa_loss(model, tokenizer, [windows[i] for i in batches(step)], stack)
 
-    def loss_at(step: int) -> tuple[torch.Tensor, int]:
-        rows = [windows[i] for i in batches(step)]
-        ids = pad([w.input_ids for w in rows], tokenizer.pad_token_id)
-        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(w.input_ids) for w in rows])[:, None])
-        allowed = torch.zeros_like(mask)  # (B, T)
-        for i, w in enumerate(rows):
-            allowed[i, :len(w.input_ids)] = qa_answerable(w)
-        _, logits = model(ids, mask.long(), [stack] * len(rows))
-        logits = torch.stack(logits).masked_fill(~allowed[..., None], -1e4)  # (B, T, 2)
-        sp = torch.tensor([w.start_position for w in rows])
-        ep = torch.tensor([w.end_position for w in rows])
-        loss = (F.cross_entropy(logits[..., 0], sp) + F.cross_entropy(logits[..., 1], ep)) / 2
-        return loss, int(mask.sum())
 
-    return loss_at
+def qa_loss(model: MadxModel, tokenizer, rows, stack: AdapterStack) -> tuple[torch.Tensor, int]:
+    """Start/end cross-entropy of a batch of QA windows under ``stack``; (loss, real tokens)."""
+    ids = pad([w.input_ids for w in rows], tokenizer.pad_token_id)
+    mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(w.input_ids) for w in rows])[:, None])
+    allowed = torch.zeros_like(mask)  # (B, T)
+    for i, w in enumerate(rows):
+        allowed[i, :len(w.input_ids)] = qa_answerable(w)
+    _, logits = model(ids, mask.long(), [stack] * len(rows))
+    logits = torch.stack(logits).masked_fill(~allowed[..., None], -1e4)  # (B, T, 2)
+    sp = torch.tensor([w.start_position for w in rows])
+    ep = torch.tensor([w.end_position for w in rows])
+    return (F.cross_entropy(logits[..., 0], sp) + F.cross_entropy(logits[..., 1], ep)) / 2, int(mask.sum())

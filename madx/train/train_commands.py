@@ -238,6 +238,12 @@ def _dev_split(examples, fraction: float):
 
 
 def cmd_task(args) -> int:
+    if args.train_lang:
+        from .multisource_command import cmd_task_multisource
+
+        return cmd_task_multisource(args)
+    if not args.train:
+        raise SystemExit("task needs --train files (one source) or --train-lang LANG=FILE ... (several)")
     from ..artifacts import load_store
     from .data import file_provenance
     from .evaluate import evaluate_ner, evaluate_qa

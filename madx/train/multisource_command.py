@@ -1,0 +1,119 @@
+"""`madx-train task --train-lang LANG=FILE ...`: a task adapter trained on every labelled language,
+each batch through its own language's adapter, a target language's adapter or none
+(madx/train/mixture.py says how batches and adapters are drawn).
+
+    madx-train task --store S --task ner --name ner-multi --train-lang en=conll.txt sw=wikiann-sw.tsv \
+        ha=masakhaner-hau.txt --drop-types DATE --temperature 3.3 --target-languages zu xh \
+        --target-share 0.2 --none-share 0.2 --dev-lang zu=dev-zul.txt sw=dev-sw.tsv --epochs 2
+
+With a dev set per language (``--dev-lang``, each scored under its own language's adapter) the dev
+score is their mean F1; the best-scoring weights are kept, as in single-source training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import AdapterConfig, AdapterStack
+from .data import NerFile, Sentence, read_conll, read_squad
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, Path]]:
+    out = []
+    for it in items:
+        lang, sep, path = it.partition("=")
+        if not sep or not lang or not path:
+            raise SystemExit(f"{what} {it!r}: expected LANG=PATH")
+        out.append((lang, Path(path)))
+    return out
+
+
+def _ner_file(paths: list[Path], labels: tuple[str, ...], drop: set[str]) -> NerFile:
+    """One language's NER files merged; tags of a dropped type (e.g. DATE) become O."""
+    sents = [Sentence(s.tokens, tuple("O" if t != "O" and t[2:] in drop else t for t in s.tags))
+             for p in paths for s in read_conll(p).sentences]
+    return NerFile(sents, labels)
+
+
+def cmd_task_multisource(args) -> int:
+    from ..artifacts import load_store, read_manifest
+    from .data import file_provenance
+    from .evaluate import evaluate_ner
+    from .loop import fit
+    from .mixture import Mixture, MixtureConfig, language_probabilities
+    from .task_steps import mixture_step_fn, ner_loss, ner_train_features, qa_loss, qa_train_windows
+    from .train_commands import NER_LABELS, _cfg, _checkpoint, _finish, load_model
+
+    if args.train or args.lang_adapter or args.init_from:
+        raise SystemExit("--train-lang trains on several languages: leave out --train, --lang-adapter and --init-from")
+    sources, dev = _pairs(args.train_lang, "--train-lang"), _pairs(args.dev_lang, "--dev-lang")
+    mix = MixtureConfig(args.temperature, args.target_share, args.none_share)
+    langs = list(dict.fromkeys(lang for lang, _ in sources))
+    needed = sorted(({*langs} if mix.shares[0] > 0 else set()) | set(args.target_languages) | {lg for lg, _ in dev})
+    entries = read_manifest(args.store)["adapters"] if (args.store / "manifest.json").exists() else {}
+    missing = [n for n in needed if n not in entries or entries[n]["kind"] != "language"]
+    if missing:
+        raise SystemExit(f"no language adapter {missing} in {args.store}; train them first (madx-train lang)")
+    model, tok = load_model(args)
+    if needed:
+        load_store(model, args.store, needed)
+    by_lang = {lang: [p for lg, p in sources if lg == lang] for lang in langs}
+    if args.task == "ner":
+        examples = {lg: ner_train_features(tok, _ner_file(ps, NER_LABELS, set(args.drop_types)), NER_LABELS, args.max_len)
+                    for lg, ps in by_lang.items()}
+        cfg_a, loss = AdapterConfig.task(args.name, "ner", NER_LABELS, reduction_factor=args.reduction_factor), ner_loss
+    else:
+        skip = {q.context for p in args.exclude_squad for q in read_squad(p)}
+        examples = {lg: qa_train_windows(tok, [q for p in ps for q in read_squad(p) if q.context not in skip],
+                                         args.max_len, args.stride) for lg, ps in by_lang.items()}
+        cfg_a, loss = AdapterConfig.task(args.name, "qa", reduction_factor=args.reduction_factor), qa_loss
+    sizes = {lg: len(x) for lg, x in examples.items()}
+    per_epoch = max(1, sum(sizes.values()) // args.batch_size)
+    if args.epochs:
+        args.steps = max(1, round(args.epochs * per_epoch))
+    cfg = _cfg(args)
+    mixture = Mixture({lg: [len(e.input_ids) for e in x] for lg, x in examples.items()}, {lg: lg for lg in langs},
+                      args.target_languages, mix, args.batch_size, args.seed, args.steps)
+    probs = language_probabilities(sizes, args.temperature)
+    print(f"{args.name}: {sum(sizes.values())} windows in {len(langs)} languages, {args.steps} steps; adapter shares "
+          f"own/target/none {mix.shares}; p(language): " + ", ".join(f"{lg} {p:.3f}" for lg, p in probs.items()))
+    dev_info: dict[str, Any] = {}
+    evaluate = None
+    if dev:
+        if args.task != "ner":
+            raise SystemExit("--dev-lang scores NER dev files; QA multi-source training has no dev set yet")
+        dev_sets = []
+        for lg, p in dev:
+            d = read_conll(p)
+            d.sentences = d.sentences[:args.dev_max]
+            dev_sets.append((lg, d))
+        dev_info = {"dev": {lg: str(p) for lg, p in dev}, "dev_sentences": {lg: len(d.sentences) for lg, d in dev_sets},
+                    "metric": "mean entity F1, each under its own language adapter (DATE and MISC as O)"}
+
+        def evaluate() -> float:
+            model.eval()
+            try:
+                return sum(evaluate_ner(model, tok, AdapterStack(lg, args.name), d, 256, drop_types=("DATE", "MISC"))["f1"]
+                           for lg, d in dev_sets) / len(dev_sets)
+            finally:
+                model.train()
+    mod = model.add_adapter(cfg_a)
+    model.train()
+    prov = file_provenance([p for _, p in sources])
+    ident = {"command": "task", "name": args.name, "adapter": repr(cfg_a), "data": prov, "dev": dev_info,
+             "mixture": {"temperature": mix.temperature, "target_share": mix.target_share, "none_share": mix.none_share,
+                         "targets": list(args.target_languages), "sources": sizes}}
+    res = fit(dict(mod.named_parameters()), mixture_step_fn(model, tok, examples, mixture, args.name, loss), cfg,
+              _checkpoint(args, args.name), ident, f"task {args.name}", not args.no_progress, evaluate=evaluate,
+              eval_every=args.eval_every, patience=args.patience)
+    s = res.summary()
+    print(f"{args.name}: trained {res.step} steps", file=sys.stderr)
+    return _finish(args, model, args.name, res, prov, {
+        "train_loss": s["last_loss"], "dev": dev_info, "dev_score": s["best_dev"], "best_step": s["best_step"],
+        "dev_curve": s["dev_curve"], "epochs": round(res.step / per_epoch, 2), "trained_on_language_adapter": None,
+        "multisource": {"windows": sizes, "p_language": {k: round(v, 4) for k, v in probs.items()},
+                        "shares": dict(zip(("own", "target", "none"), mix.shares, strict=True)),
+                        "temperature": mix.temperature, "targets": list(args.target_languages)},
+        "init_from": None, "windows": sum(sizes.values())})
