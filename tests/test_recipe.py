@@ -137,10 +137,17 @@ def test_an_unknown_option_of_a_step_is_an_error_before_anything_runs(tmp_path, 
     ("madx-train task --task ner --lr 0.001 --train /other/data/ner/train-sw.tsv", False),
     ("madx-train task --task ner --lr 0.001 --train /other/data/ner/train-en.tsv --backbone-dtype bf16", False),
     ("madx-train lang --language en --text a.txt", False),
+    # LANG=PATH values: the language must agree, the path by its place under the data root
+    ("madx-train task --store s --name x --task ner --lr 0.001 --train /other/data/ner/train-en.tsv "
+     "--train-lang sw=/other/data/ner/sw.tsv", True),
+    ("madx-train task --store s --name x --task ner --lr 0.001 --train /other/data/ner/train-en.tsv "
+     "--train-lang yo=/other/data/ner/sw.tsv", False),
 ])
 def test_recorded_commands_match_by_what_they_make(tmp_path, recorded, same):
     data = tmp_path / "data"
     recipe = load_recipe(write(tmp_path, {"steps": [{"task": "x-s0", "with": {
         "task": "ner", "lr": 1e-3, "train": "{data}/ner/train-en.tsv"}}]}))
+    if "--train-lang" in recorded:
+        recipe.steps[0].options["train-lang"] = ["sw={data}/ner/sw.tsv"]
     argv = step_argv(recipe, recipe.steps[0], tmp_path / "store", data)
     assert (differences(build_parser(), argv, recorded, data) == []) is same

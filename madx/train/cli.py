@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--drop-types", nargs="*", default=[], help="entity types trained as O (e.g. DATE)")
     ms.add_argument("--dev-lang", nargs="*", default=[], metavar="LANG=PATH",
                     help="NER dev files, each scored under its own language adapter (dev score: their mean F1)")
+    ms.add_argument("--dev-adapters", choices=("own", "none"), default="own",
+                    help="score each dev file under its language's adapter, or under none (a task adapter served alone)")
     p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="drop training questions whose ids are in these")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--reduction-factor", type=float, default=16)

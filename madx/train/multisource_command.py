@@ -51,7 +51,9 @@ def cmd_task_multisource(args) -> int:
     sources, dev = _pairs(args.train_lang, "--train-lang"), _pairs(args.dev_lang, "--dev-lang")
     mix = MixtureConfig(args.temperature, args.target_share, args.none_share)
     langs = list(dict.fromkeys(lang for lang, _ in sources))
-    needed = sorted(({*langs} if mix.shares[0] > 0 else set()) | set(args.target_languages) | {lg for lg, _ in dev})
+    dev_own = args.dev_adapters == "own"
+    needed = sorted(({*langs} if mix.shares[0] > 0 else set()) | (set(args.target_languages) if mix.target_share else set())
+                    | ({lg for lg, _ in dev} if dev_own else set()))
     entries = read_manifest(args.store)["adapters"] if (args.store / "manifest.json").exists() else {}
     missing = [n for n in needed if n not in entries or entries[n]["kind"] != "language"]
     if missing:
@@ -90,13 +92,14 @@ def cmd_task_multisource(args) -> int:
             d.sentences = d.sentences[:args.dev_max]
             dev_sets.append((lg, d))
         dev_info = {"dev": {lg: str(p) for lg, p in dev}, "dev_sentences": {lg: len(d.sentences) for lg, d in dev_sets},
-                    "metric": "mean entity F1, each under its own language adapter (DATE and MISC as O)"}
+                    "metric": f"mean entity F1, each under {'its own language adapter' if dev_own else 'no language adapter'} "
+                              "(DATE and MISC as O)"}
 
         def evaluate() -> float:
             model.eval()
             try:
-                return sum(evaluate_ner(model, tok, AdapterStack(lg, args.name), d, 256, drop_types=("DATE", "MISC"))["f1"]
-                           for lg, d in dev_sets) / len(dev_sets)
+                return sum(evaluate_ner(model, tok, AdapterStack(lg if dev_own else None, args.name), d, 256,
+                                        drop_types=("DATE", "MISC"))["f1"] for lg, d in dev_sets) / len(dev_sets)
             finally:
                 model.train()
     mod = model.add_adapter(cfg_a)

@@ -161,6 +161,9 @@ def _same(a: Any, b: Any, data: Path) -> bool:
     """Recipe value ``a`` against recorded value ``b``; a path matches by its place under the data root."""
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y, data) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) and isinstance(b, str) and "=" in a and "=" in b:  # LANG=PATH
+        (ka, va), (kb, vb) = a.split("=", 1), b.split("=", 1)
+        return ka == kb and _same(Path(va), Path(vb), data)
     if isinstance(a, Path) and isinstance(b, Path):
         if a == b:
             return True
