@@ -72,7 +72,7 @@ class Batcher:
                  max_queue_rows: int, metrics: Metrics, policy: str = "mixed", max_adapters: int | None = None) -> None:
         self.policy = policy
         self.max_adapters = max_adapters  # adapters one pass may use (the device cache's capacity)
-        self.on_idle: Callable[[set[str]], None] | None = None  # after each round: adapters still needed
+        self.on_idle: Callable[[Callable[[], set[str]]], None] | None = None  # after each round: adapters still needed
         self._round: list[Row] = []  # rows taken from the queue whose pass has not finished
         self.round_rows = 2 * max_batch_rows  # rows one round takes (round-robin over requests)
         self.round_tokens = 2 * max_batch_tokens  # and about this many tokens: two passes
@@ -146,9 +146,10 @@ class Batcher:
         return out
 
     def adapters_in_use(self) -> set[str]:
-        """Adapters that queued rows, or rows of the round now running, still need (event loop only)."""
-        rows = [*self.queue, *(r for r in self._round if not r.future.done())]
-        return {a for r in rows for a in r.stack.adapters} | {a for a, n in self.pinned.items() if n > 0}
+        """Adapters that queued rows, or rows of the round now running, still need. Safe on the model
+        thread too: each container is copied by one list() call, which the GIL makes atomic."""
+        rows = [*list(self.queue), *(r for r in list(self._round) if not r.future.done())]
+        return {a for r in rows for a in r.stack.adapters} | {a for a, n in list(self.pinned.items()) if n > 0}
 
     def repin(self, name: str, kept_as: str) -> None:
         """Rows already queued (or taken, not yet run) for ``name`` use ``kept_as`` instead: the version
@@ -192,7 +193,7 @@ class Batcher:
                 await self._run_rows(loop, rows)
             self._round = []
             if self.on_idle is not None:  # on the model thread, like every cache operation
-                await loop.run_in_executor(self.pool, self.on_idle, self.adapters_in_use())
+                await loop.run_in_executor(self.pool, self.on_idle, self.adapters_in_use)
             if self.queue:
                 self._wake.set()
 

@@ -8,6 +8,7 @@ backbone replica calls it only from its single model thread.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Entry:
     sha256: dict[str, str]  # every file of the artifact (for an admin path: as read when it was loaded)
     source: str  # "store" | "admin"
     trained_alone: bool = False  # a task adapter trained without a language adapter under it
+    labels: tuple[str, ...] = ()  # a NER head's labels, known once the artifact has been read
 
 
 def _trained_alone(e: dict) -> bool:
@@ -118,7 +120,10 @@ class AdapterCache:
         e = self.entries.get(name) or self.retired[name]
         t0 = time.perf_counter()
         self._evict(keep=keep or {name}, room_for=1)
-        load_adapter(self.model, e.path, name=name, expected_sha256=e.sha256)
+        cfg = load_adapter(self.model, e.path, name=name, expected_sha256=e.sha256)
+        if cfg.head is not None and e.labels != tuple(cfg.head.labels):  # the entry remembers its labels
+            e = dataclasses.replace(e, labels=tuple(cfg.head.labels))
+            (self.entries if self.entries.get(name) is not None else self.retired)[name] = e
         self.device[name] = None
         self.m.load_seconds.labels(self.m.replica, "disk").observe(time.perf_counter() - t0)
 
@@ -185,7 +190,8 @@ class AdapterCache:
             cfg = type(cfg)(name, cfg.kind, cfg.bottleneck, cfg.invertible, cfg.head)
         source, alone = ("admin", False) if path is not None else ("store", base.trained_alone)
         entry = Entry(name, d, cfg.kind, cfg.head.task_type if cfg.head else None,
-                      name if cfg.kind == "language" else None, sha, source, alone)
+                      name if cfg.kind == "language" else None, sha, source, alone,
+                      tuple(cfg.head.labels) if cfg.head else ())
         if validate is not None:
             validate(entry, cfg)
         old = self.entries.get(name) or self.retired.get(name)
@@ -193,17 +199,21 @@ class AdapterCache:
         if old is not None and name in self.model.configs and self.repin is not None and name in self.entries:
             # the verified old version stays loaded under another name until no row admitted before
             # this reload needs it (collect), so those rows finish with the version they were routed to
+            # the name stays served meanwhile: a request routed while the new weights go in runs them
             self._versions += 1
             kept_as = f"{name}~{self._versions}"
             self._rename(name, kept_as)
-            self.retired[kept_as] = self.entries.pop(name)
+            self.retired[kept_as] = self.entries[name]
         else:
             if old is not None and name in self.model.configs:  # the verified in-memory copy, for a rollback
                 old_state = (self.model.configs[name],
                              {k: v.detach().clone() for k, v in self.model.adapters[name].state_dict().items()})
             elif old is not None and name in self.cpu:
                 old_state = self.cpu[name]
-            self.admin_unload(name, missing_ok=True)
+            # drop the old weights, not the entry: requests keep routing to the name
+            self.retired.pop(name, None)
+            self._unload(name)
+            self.cpu.pop(name, None)
         try:
             self._evict(keep={name, *([kept_as] if kept_as else [])}, room_for=1)
             install_weights(self.model, cfg, tensors, where=str(d))
@@ -211,6 +221,8 @@ class AdapterCache:
             if kept_as is not None:  # undo: the old version is the served one again
                 self.entries[name] = self.retired.pop(kept_as)
                 self._rename(kept_as, name)
+            elif old is None:
+                self.entries.pop(name, None)
             elif old is not None:  # keep serving the previous version, from memory
                 self.entries[name] = old
                 if old_state is not None:
@@ -226,8 +238,6 @@ class AdapterCache:
         return entry
 
     def _rename(self, name: str, new: str) -> None:
-        import dataclasses
-
         self.model.adapters[new] = self.model.adapters.pop(name)
         self.model.configs[new] = dataclasses.replace(self.model.configs.pop(name), name=new)
         if name in self.device:
@@ -254,9 +264,12 @@ class AdapterCache:
         self.cpu.pop(name, None)
         self.m.resident.labels(self.m.replica).set(len(self.device))
 
-    def collect(self, in_use: set[str]) -> None:
-        """Unload the draining adapters that no queued row needs any more."""
-        for name in [n for n in self.retired if n not in in_use]:
+    def collect(self, in_use) -> None:
+        """Unload the draining adapters that no queued row needs any more. ``in_use`` is a function,
+        called here on the model thread: a set computed earlier could miss rows a reload has since
+        re-pointed at the version it keeps."""
+        needed = in_use() if callable(in_use) else in_use
+        for name in [n for n in self.retired if n not in needed]:
             del self.retired[name]
             self._unload(name)
             self.cpu.pop(name, None)

@@ -105,6 +105,7 @@ class Engine:
         self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
         self.cache.repin = self.batcher.repin  # rows admitted before a reload keep the version they were routed to
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="madx-prep")  # tokenising, off the event loop
+        self._admin_locks: dict[int, asyncio.Lock] = {}  # one per event loop (tests run several)
         self.ready = True
 
     def _load_model(self, backbone) -> None:
@@ -274,12 +275,13 @@ class Engine:
             routes = [self.route("ner", language, t) for t in texts]
         pinned = [a for r in routes for st in r.all_stacks for a in st.adapters]
         self.batcher.pin(pinned)  # an unload while this request is prepared waits for it (drain)
+        labels = self.cache.entries[routes[0].stack.task].labels  # the version routed to (a reload may follow)
         try:
-            return await self._ner(texts, routes, return_tokens)
+            return await self._ner(texts, routes, return_tokens, labels)
         finally:
             self._unpin(pinned)
 
-    async def _ner(self, texts: list[str], routes: list[Route], return_tokens: bool) -> dict[str, Any]:
+    async def _ner(self, texts: list[str], routes: list[Route], return_tokens: bool, labels) -> dict[str, Any]:
         try:  # tokenising 64 x 20 000 characters takes seconds: off the event loop (one prep thread)
             words, feats, pieces = await asyncio.get_running_loop().run_in_executor(self._prep, self._ner_prep, texts,
                                                                                    return_tokens)
@@ -287,10 +289,9 @@ class Engine:
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
         logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
         with self.m.stage("decode"):
-            return self._ner_decode(texts, routes, words, feats, pieces, logits, return_tokens)
+            return self._ner_decode(texts, routes, words, feats, pieces, logits, return_tokens, labels)
 
-    def _ner_decode(self, texts, routes, words, feats, pieces, logits, return_tokens: bool) -> dict[str, Any]:
-        labels = self.model.configs[routes[0].stack.task].head.labels
+    def _ner_decode(self, texts, routes, words, feats, pieces, logits, return_tokens: bool, labels) -> dict[str, Any]:
         per_text: list[dict[int, tuple[int, float]]] = [{} for _ in texts]
         windows = [0] * len(texts)
         tokens: list[list[dict]] = [[] for _ in texts]
@@ -312,7 +313,7 @@ class Engine:
     def _unpin(self, names: list[str]) -> None:
         self.batcher.unpin(names)
         if self.cache.retired:  # this request may have been the last one a draining adapter waited for
-            asyncio.ensure_future(self.batcher.call(self.cache.collect, self.batcher.adapters_in_use()))
+            asyncio.ensure_future(self.batcher.call(self.cache.collect, self.batcher.adapters_in_use))
 
     def _ner_prep(self, texts: list[str], pieces: bool = False):
         """On the prep thread: every use of the tokenizer happens there (it must not be used from two
@@ -389,29 +390,36 @@ class Engine:
         return {**route.out(), "answers": answers, "windows": len(wins), "backbone": self.model.backbone_name}
 
     # ------------------------------------------------------------------ admin (on the model thread)
+    def _admin_lock(self) -> asyncio.Lock:
+        return self._admin_locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
+
     async def admin_load(self, name: str, path: str | None) -> dict[str, Any]:
-        try:
-            e = await self.batcher.call(self.cache.admin_load, name, path, self._check_admin)
-        except KeyError as err:
-            raise RequestError(404, err.args[0]) from None
-        except ArtifactError as err:
-            raise RequestError(422, self._public(str(err))) from None
-        self._refresh_detector()
-        return {"loaded": name, "kind": e.kind, "source": e.source}
+        async with self._admin_lock():  # one admin operation at a time: each checks the state it changes
+            try:
+                e = await self.batcher.call(self.cache.admin_load, name, path, self._check_admin)
+            except KeyError as err:
+                raise RequestError(404, err.args[0]) from None
+            except ArtifactError as err:
+                raise RequestError(422, self._public(str(err))) from None
+            self._refresh_detector()
+            return {"loaded": name, "kind": e.kind, "source": e.source}
 
     async def admin_unload(self, name: str) -> dict[str, Any]:
-        if name in self.s.tasks.values() and name in self.cache.served("task"):
-            served_tasks = [t for t, n in self.s.tasks.items() if n in self.cache.entries and n != name]
-            if not served_tasks:
-                raise RequestError(409, f"adapter {name!r} is the last served task adapter; load another first")
-        try:
-            await self.batcher.call(self.cache.admin_unload, name, False, True)
-            # rows admitted before keep it until they ran; nothing queued needs it: it goes now
-            await self.batcher.call(self.cache.collect, self.batcher.adapters_in_use())
-        except KeyError as err:
-            raise RequestError(404, err.args[0]) from None
-        self._refresh_detector()
-        return {"unloaded": name}
+        async with self._admin_lock():
+            runs = [f"tasks.{t}" for t, n in self.s.tasks.items() if n == name]
+            runs += [f"tasks_alone.{t} (the task_only route)" for t, n in self.alone.items() if n == name]
+            if runs and name in self.cache.entries:
+                raise RequestError(409, f"adapter {name!r} is {' and '.join(runs)}: unloading it would leave that "
+                                        f"without its adapter; reload it instead (POST /admin/adapters/{name}/load, "
+                                        "with a path for other weights)")
+            try:
+                await self.batcher.call(self.cache.admin_unload, name, False, True)
+                # rows admitted before keep it until they ran; nothing queued needs it: it goes now
+                await self.batcher.call(self.cache.collect, self.batcher.adapters_in_use)
+            except KeyError as err:
+                raise RequestError(404, err.args[0]) from None
+            self._refresh_detector()
+            return {"unloaded": name}
 
     def _refresh_detector(self) -> None:
         """Rebuild the detector for the served languages. After an admin op has been applied, a profile
