@@ -4,13 +4,20 @@ test in this folder (about 40 s to start). Backbone replicas are spread one per 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 
 import httpx
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # token auth, as madx-serve runs; the local start makes the token
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # token auth, as madx-serve runs
+# ray.init makes ~/.ray/auth_token on a local start, but a ray.cluster_utils.Cluster does not: on a
+# fresh machine its GCS would find no token and abort. A token for this test session, in the
+# environment every Ray process of the cluster inherits (the user's own token file is left alone).
+if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def replica_series(served, metric: str = "madx_replica_info") -> list[dict[str, str]]:
