@@ -100,6 +100,7 @@ def _short(v: Any, n: int = 80) -> Any:
 
 
 JSON_TYPES = (b"application/json",)
+MAX_ERRORS = 20  # validation errors listed in one 422 (the body stays small whatever was sent)
 
 
 class JsonOnly:
@@ -316,9 +317,10 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
             e = errs[0]
             return _err(400, f"malformed JSON: {e.get('ctx', {}).get('error', e.get('msg'))}")
         detail = [{"field": _short(".".join(str(x) for x in e["loc"] if x != "body") or "body"),
-                   "rule": _short(e["msg"], 300), "got": _short(e.get("input"))} for e in errs]
+                   "rule": _short(e["msg"], 300), "got": _short(e.get("input"))} for e in errs[:MAX_ERRORS]]
         first = detail[0]
-        return _err(422, f"invalid request: {first['field']}: {first['rule']} (got {first['got']!r})", detail)
+        more = f"; {len(errs) - MAX_ERRORS} more errors not listed" if len(errs) > MAX_ERRORS else ""
+        return _err(422, f"invalid request: {first['field']}: {first['rule']} (got {first['got']!r}){more}", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -18,6 +18,9 @@ def _surrogate(v: object) -> tuple[int, str] | None:
     return None
 
 
+MAX_LIST_ITEMS = 10_000  # items of any list in a request (limits.max_texts is at most this)
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -26,6 +29,8 @@ class _In(BaseModel):
     def _valid_unicode(cls, data: object) -> object:
         if isinstance(data, dict):
             for name, v in data.items():
+                if isinstance(v, list) and len(v) > MAX_LIST_ITEMS:  # one error, not one per item
+                    raise ValueError(f"'{name}' has {len(v)} items; a request may hold at most {MAX_LIST_ITEMS}")
                 hit = _surrogate(v)
                 if hit is not None:
                     raise ValueError(f"'{name}' contains a lone surrogate U+{ord(hit[1]):04X} at index {hit[0]}; "

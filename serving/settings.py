@@ -34,7 +34,7 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    max_texts: int = Field(64, ge=1, description="texts per NER request")
+    max_texts: int = Field(64, ge=1, le=10_000, description="texts per NER request")
     max_chars: int = Field(20_000, ge=1, description="characters per text or QA context (413 above)")
     max_question_chars: int = Field(2_000, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="request body, checked before JSON parsing")
@@ -178,6 +178,19 @@ class Settings(_Strict):
                              f"{self.batching.max_queue_rows}: a request inside the limits could never be queued")
         return self
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _real_key(cls, v: Any) -> Any:
+        """An empty, blank or 'null' key would turn authentication off by accident: refused (the
+        message never repeats a key). To run without a key, leave it unset."""
+        if v is None:
+            return None
+        s = v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+        if not s.strip() or s.strip().lower() in ("null", "none", "~"):
+            raise ValueError("api_key (MADX_API_KEY) is set but empty, blank or 'null'; set a real key, or unset it "
+                             "to run without one")
+        return s
+
     @field_validator("tasks", "tasks_alone")
     @classmethod
     def _tasks(cls, v: dict[str, str]) -> dict[str, str]:
@@ -210,7 +223,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         d = out
         for p in path[:-1]:
             d = d.setdefault(p, {})
-        d[path[-1]] = _coerce(raw)
+        # a secret is taken as written: "12345" stays a string, "null" is not None
+        d[path[-1]] = raw if path == ["api_key"] else _coerce(raw)
     return out
 
 
@@ -245,7 +259,8 @@ def load_settings(yaml_path: str | Path | None = None, env: Mapping[str, str] | 
         msgs = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "settings"
-            bad = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            secret = any("key" in str(x) for x in err["loc"])  # a secret is never echoed
+            bad = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) and not secret else ""
             msgs.append(f"{loc}: {err['msg']}{bad}")
         src = f" from {yaml_path}" if yaml_path else ""
         raise SettingsError(f"invalid settings{src}: " + "; ".join(msgs)) from None
