@@ -137,6 +137,8 @@ class ArtifactBytes:
             meta = json.loads(self.files[CONFIG_FILE])
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{d / CONFIG_FILE}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ArtifactError(f"{d / CONFIG_FILE}: JSON nested too deeply to be an adapter config") from None
         if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
             got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             hint = (" (this looks like an AdapterHub adapter: convert it with `madx import-adapterhub`)"
@@ -171,7 +173,9 @@ def _read_regular(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-MAX_FILE_BYTES = 1 << 31
+MAX_FILE_BYTES = {CONFIG_FILE: 1 << 20, WEIGHTS_FILE: 1 << 28}  # 1 MiB of JSON; 256 MiB of weights
+MAX_WEIGHT = 1e4  # trained adapters stay far below (the shipped ones: |w| < 0.3); larger overflows fp16/bf16
+MAX_BOTTLENECK = 8  # bottleneck units per hidden unit (reduction_factor >= 1/8)
 
 
 def read_artifact_bytes(directory: str | Path) -> ArtifactBytes:
@@ -191,7 +195,12 @@ def read_artifact_bytes(directory: str | Path) -> ArtifactBytes:
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in names:
             raise ArtifactError(f"{d}: missing {required}")
-    return ArtifactBytes(d, {n: _read_regular(d / n, MAX_FILE_BYTES) for n in names})
+    extra = [n for n in names if n not in MAX_FILE_BYTES]
+    if extra:  # refused before anything is read: an artifact is exactly these two files
+        shown = ", ".join(repr(n[:60]) for n in extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ArtifactError(f"{d}: {shown} are not part of an adapter artifact (only {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                            f"remove them")
+    return ArtifactBytes(d, {n: _read_regular(d / n, MAX_FILE_BYTES[n]) for n in names})
 
 
 def read_artifact(directory: str | Path) -> tuple[dict[str, Any], AdapterConfig]:
@@ -200,13 +209,22 @@ def read_artifact(directory: str | Path) -> tuple[dict[str, Any], AdapterConfig]
 
 
 def check_backbone(model: MadxModel, meta: dict[str, Any], cfg: AdapterConfig, where: str | Path) -> None:
-    bb = meta.get("backbone", {})
+    """The artifact fits the loaded backbone: its sizes, the layers it leaves out, its bottleneck."""
+    bb = meta.get("backbone", {}) if isinstance(meta.get("backbone"), dict) else {}
     for key, have in (("hidden_size", model.hidden_size), ("num_layers", model.num_layers)):
         if bb.get(key) != have:
             raise ArtifactError(
                 f"{where}: adapter {cfg.name!r} was made for {key}={bb.get(key)} "
                 f"(backbone {bb.get('name')!r}); the loaded backbone {model.backbone_name!r} has {key}={have}"
             )
+    bad = [i for i in cfg.bottleneck.leave_out if not 0 <= i < model.num_layers]
+    if bad:
+        raise ArtifactError(f"{where}: leave_out {bad} names layers the backbone does not have (0..{model.num_layers - 1})")
+    for part, rf in (("bottleneck", cfg.bottleneck.reduction_factor),
+                     ("invertible", cfg.invertible.reduction_factor if cfg.invertible else None)):
+        if rf is not None and rf < 1 / MAX_BOTTLENECK:
+            raise ArtifactError(f"{where}: {part} reduction_factor {rf!r} would make {int(model.hidden_size // rf)} units "
+                                f"per layer; it must be >= {1 / MAX_BOTTLENECK} (at most {MAX_BOTTLENECK} x hidden size)")
 
 
 def load_adapter(model: MadxModel, directory: str | Path, name: str | None = None,
@@ -253,6 +271,15 @@ def install_weights(model: MadxModel, cfg: AdapterConfig, tensors: dict[str, tor
                     f"{where}: tensor {k!r} of adapter {cfg.name!r} has shape {tuple(tensors[k].shape)}, "
                     f"the backbone {model.backbone_name!r} (hidden {model.hidden_size}) needs {tuple(want.shape)}"
                 )
+            t = tensors[k]
+            if t.is_floating_point() and t.numel():
+                if not bool(torch.isfinite(t).all()):
+                    raise ArtifactError(f"{where}: tensor {k!r} of adapter {cfg.name!r} has values that are not finite "
+                                        f"(NaN or infinity); refusing it")
+                top = float(t.abs().max())
+                if top > MAX_WEIGHT:
+                    raise ArtifactError(f"{where}: tensor {k!r} of adapter {cfg.name!r} has values above {MAX_WEIGHT:g} in "
+                                        f"magnitude (largest {top:.3g}); a trained adapter's weights are far smaller")
         mod.load_state_dict({k: tensors[k].to(expected[k].dtype) for k in expected})
     except Exception:
         model.remove_adapter(cfg.name)

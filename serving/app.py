@@ -165,6 +165,72 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class CountResponses:
+    """Pure ASGI middleware, outermost: every response is counted in ``madx_requests_total`` by
+    endpoint and status, whoever answered it (a middleware's 401/413/415, a validation 422, an error
+    raised while serialising), so the dashboard's error share is the clients' error share."""
+
+    ENDPOINTS = {"/v1/ner": "ner", "/v1/qa": "qa"}
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = self.ENDPOINTS.get(path) or ("admin" if path.startswith("/admin/") else "other")
+        status = []
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            if not status:  # Starlette's outermost handler turns it into a 500 after this middleware
+                status.append(500)
+            raise
+        finally:
+            self.metrics.requests.labels(endpoint, str(status[0] if status else 500)).inc()
+
+
+class Guard:
+    """Pure ASGI middleware: security headers on every response (nosniff; on pages also a CSP that
+    allows only this origin, no framing, no referrer), and, with ``allowed_hosts``, a 400 for any
+    other Host header (a page on another site cannot reach a keyless server on localhost by DNS
+    rebinding)."""
+
+    PAGE = [(b"content-security-policy", b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+             b"'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+             b"form-action 'self'"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app, allowed_hosts: list[str] | None) -> None:
+        self.app = app
+        self.hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                    headers += self.PAGE
+                message = {**message, "headers": headers}
+            await send(message)
+        if self.hosts is not None:
+            raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            name = raw.rsplit(":", 1)[0] if raw.count(":") == 1 or raw.startswith("[") else raw
+            if name.lower().strip("[]") not in self.hosts:
+                return await _err(400, f"Host {_short(raw, 60)!r} is not served here (allowed_hosts: "
+                                       f"{sorted(self.hosts)})")(scope, receive, secured)
+        return await self.app(scope, receive, secured)
+
+
 class ApiKey:
     """Pure ASGI middleware: with an API key configured, every path needs ``X-API-Key``
     (constant-time compare). Admin paths need it always (403 when no key is configured)."""
@@ -217,7 +283,6 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
             r = body["results"][0] if "results" in body and body["results"] else body
             lang = (r.get("stack") or {}).get("language") or "none"
         metrics.request_latency.labels(endpoint, lang, task, str(status)).observe(time.perf_counter() - t0)
-        metrics.requests.labels(endpoint, str(status)).inc()
 
     inflight = [0]  # requests of this ingress now waiting on the backbone (one event loop: no lock)
     limit = settings.max_inflight
@@ -325,7 +390,8 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
-            return _err(404, f"no endpoint {request.method} {request.url.path}; endpoints: {', '.join(ENDPOINTS)}")
+            return _err(404, f"no endpoint {request.method} {_short(request.url.path, 80)}; endpoints: "
+                             f"{', '.join(e for e in ENDPOINTS if '/admin/' not in e)}")
         if exc.status_code == 405:
             return _err(405, f"method {request.method} is not allowed on {request.url.path}")
         return _err(exc.status_code, str(exc.detail))
@@ -337,8 +403,11 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
         return _err(500, f"internal error (id {rid}); the server log has the details")
 
     key = settings.api_key.get_secret_value() if settings.api_key else None
+    # the last added runs first: count, guard, the key (before any body is read), the body limit, JSON only
     app.add_middleware(JsonOnly)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
     app.add_middleware(ApiKey, key=key)
-    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)  # outermost: before auth and parsing
+    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(CountResponses, metrics=metrics)
     return app
 

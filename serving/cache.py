@@ -158,8 +158,13 @@ class AdapterCache:
         directory exists (nothing about the file system is disclosed)."""
         if "\0" in path:  # the OS cannot even look it up (resolve() would raise ValueError)
             raise ArtifactError("path contains a NUL character; it cannot name a directory")
+        if len(path) > 1024:
+            raise ArtifactError(f"path has {len(path)} characters; at most 1024")
         p = Path(path)
-        resolved = (self.store / p).resolve() if not p.is_absolute() else p.resolve()
+        try:
+            resolved = (self.store / p).resolve() if not p.is_absolute() else p.resolve()
+        except (OSError, RuntimeError) as e:  # a name too long for the OS, a symlink loop
+            raise ArtifactError(f"path cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
         if not any(resolved.is_relative_to(r) for r in self.admin_roots):
             raise ArtifactError("path is outside the directories admin loads may read (the adapter store and "
                                 "admin_roots); copy the artifact there first")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ from .settings import Settings
 from .text import entities_from_words, split_words
 
 log = logging.getLogger("madx.serving")
+# admin names: no '.' (a torch module name), no '~' (a reload's kept version), nothing invisible
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -393,7 +396,15 @@ class Engine:
     def _admin_lock(self) -> asyncio.Lock:
         return self._admin_locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
 
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not ADAPTER_NAME.fullmatch(name):
+            shown = repr(name[:40]) + (f" ({len(name)} characters)" if len(name) > 40 else "")
+            raise RequestError(422, f"adapter name {shown} is not valid: adapter names are 1-64 characters of ASCII "
+                                    "letters, digits, '_' and '-', not starting with '-'")
+
     async def admin_load(self, name: str, path: str | None) -> dict[str, Any]:
+        self._check_name(name)
         async with self._admin_lock():  # one admin operation at a time: each checks the state it changes
             try:
                 e = await self.batcher.call(self.cache.admin_load, name, path, self._check_admin)
@@ -405,6 +416,7 @@ class Engine:
             return {"loaded": name, "kind": e.kind, "source": e.source}
 
     async def admin_unload(self, name: str) -> dict[str, Any]:
+        self._check_name(name)
         async with self._admin_lock():
             runs = [f"tasks.{t}" for t, n in self.s.tasks.items() if n == name]
             runs += [f"tasks_alone.{t} (the task_only route)" for t, n in self.alone.items() if n == name]

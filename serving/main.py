@@ -30,6 +30,9 @@ def _parse(argv):
     return ap.parse_args(argv)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
 def port_problem(host: str, port: int) -> str | None:
     """Why (host, port) cannot be served, in one line; None when it can be bound now."""
     try:
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from madx.artifacts import ArtifactError
 
+    if settings.allowed_hosts is None and settings.host in LOOPBACK:  # a page elsewhere cannot reach it by DNS rebinding
+        settings = settings.model_copy(update={"allowed_hosts": sorted(LOOPBACK)})
     url = f"http://{settings.host}:{settings.port}"
     if args.check:
         return check(settings)

@@ -29,8 +29,13 @@ class _In(BaseModel):
     def _valid_unicode(cls, data: object) -> object:
         if isinstance(data, dict):
             for name, v in data.items():
-                if isinstance(v, list) and len(v) > MAX_LIST_ITEMS:  # one error, not one per item
-                    raise ValueError(f"'{name}' has {len(v)} items; a request may hold at most {MAX_LIST_ITEMS}")
+                if isinstance(v, list):  # one error, not one per item (every list of a request holds strings)
+                    if len(v) > MAX_LIST_ITEMS:
+                        raise ValueError(f"'{name}' has {len(v)} items; a request may hold at most {MAX_LIST_ITEMS}")
+                    bad = next((i for i, x in enumerate(v) if not isinstance(x, str)), None)
+                    if bad is not None:
+                        raise ValueError(f"'{name}' item {bad} is {type(v[bad]).__name__}, not a string; "
+                                         f"'{name}' is a list of strings")
                 hit = _surrogate(v)
                 if hit is not None:
                     raise ValueError(f"'{name}' contains a lone surrogate U+{ord(hit[1]):04X} at index {hit[0]}; "

@@ -135,6 +135,9 @@ class Settings(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads per backbone replica")
     api_key: SecretStr | None = Field(None, description="if set, every endpoint needs header X-API-Key; admin always")
     host: str = "127.0.0.1"
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header names the HTTP API answers (a DNS-rebinding guard); none: any. madx-serve "
+        "bound to a loopback address answers loopback names only unless this is set")
     port: int = Field(8000, ge=1, le=65535)
     topology: Literal["single", "two_hop"] = Field(
         "single", description="single: each backbone replica is also the HTTP ingress (one hop from Ray's proxy); "

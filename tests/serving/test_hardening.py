@@ -3,13 +3,16 @@ errors. Each test failed on the code before the fix."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
-import time
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
+from serving.app import LocalBackend, build_app
 from serving.settings import SettingsError, load_settings
 
 from .test_http_local import call
@@ -47,12 +50,119 @@ def test_the_server_says_one_line_and_exits_on_an_empty_key():
     {"texts": [1] * 9_000},
     {"texts": [[1, 2]] * 5_000},
 ])
-def test_validation_errors_are_bounded_in_size_and_time(engine, body):
-    """Was: 1.3 M items gave a 422 listing 1.3 M errors (95 MB) after 15-20 s on the event loop."""
-    t0 = time.monotonic()
+def test_validation_errors_are_bounded(engine, body):
+    """Was: 1.3 M items gave a 422 listing 1.3 M errors (95 MB) after 15-20 s on the event loop: now
+    one error, whatever the count (the time it takes is in docs/RELIABILITY.md, not asserted here)."""
     r = call(engine, "POST", "/v1/ner", content=json.dumps(body), headers={"Content-Type": "application/json"})
-    took = time.monotonic() - t0
     assert r.status_code == 422 and len(r.content) <= 64 * 1024, (r.status_code, len(r.content))
-    assert took < 1.0, took
+    assert len(r.json()["detail"]) == 1
     msg = r.json()["error"]
-    assert "at most 10000" in msg or "more errors not listed" in msg
+    assert "at most 10000" in msg or "item 0 is" in msg
+
+
+def test_a_422_lists_at_most_20_errors(engine):
+    body = {"texts": ["ok"], "language": 5, "return_tokens": "maybe", **{f"x{i}": i for i in range(40)}}
+    r = call(engine, "POST", "/v1/ner", json=body)
+    assert r.status_code == 422 and len(r.json()["detail"]) == 20 and "22 more errors not listed" in r.json()["error"]
+
+
+def _count(engine, endpoint: str, status: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = engine.m.text()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "madx_requests":
+            for s in fam.samples:
+                if s.name.endswith("_total") and s.labels == {"endpoint": endpoint, "status": status, **(
+                        {"replica": s.labels["replica"]} if "replica" in s.labels else {})}:
+                    return s.value
+    return 0.0
+
+
+@pytest.mark.parametrize("send, endpoint, status", [
+    (dict(content=b"{not json", headers={"Content-Type": "application/json"}), "ner", "400"),
+    (dict(content=b"text=abc", headers={"Content-Type": "text/plain"}), "ner", "415"),
+    (dict(json={"texts": [1, 2]}), "ner", "422"),
+    (dict(json={"text": "a" * 30_000}), "ner", "413"),
+    (dict(json={"text": "abc"}, over={"api_key": SecretStr("k-123")}), "ner", "401"),
+])
+def test_every_error_response_is_counted(engine, send, endpoint, status):
+    """Was: 400, 401, 415 and 422 answered by a middleware or the validation handler never reached
+    madx_requests_total (113 x 400 and 300 x 422 sent, 3 counted)."""
+    before = _count(engine, endpoint, status)
+    kw = dict(send)
+    over = kw.pop("over", None)
+    r = call(engine, "POST", "/v1/ner", over=over, **kw)
+    assert str(r.status_code) == status
+    assert _count(engine, endpoint, status) == before + 1
+
+
+def test_a_500_while_serialising_is_counted(engine, monkeypatch):
+    async def unserialisable(*a, **k):
+        return {"results": [{"stack": {"language": "en"}}], "x": float("nan")}
+    monkeypatch.setattr(engine, "ner", unserialisable)
+    before = _count(engine, "ner", "500")
+    app = build_app(LocalBackend(engine), engine.s, engine.m)
+
+    async def go():  # as a server answers: the app's exception becomes a 500 response
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                     base_url="http://t") as c:
+            return await c.post("/v1/ner", json={"text": "abc"})
+    r = asyncio.run(go())
+    assert r.status_code == 500 and _count(engine, "ner", "500") == before + 1
+
+
+def test_the_key_is_checked_before_any_body_is_read(engine):
+    """Was: chunked bodies sent without a key were buffered whole (up to the body limit) first."""
+    reads = []
+
+    async def go():
+        app = build_app(LocalBackend(engine), engine.s.model_copy(update={"api_key": SecretStr("k-1")}), engine.m)
+
+        async def body():  # a chunked body: the first chunk read is recorded
+            for _ in range(4):
+                reads.append(1)
+                yield b"x" * 1_000_000
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post("/v1/ner", content=body(), headers={"Content-Type": "application/json"})
+    r = asyncio.run(go())
+    assert r.status_code == 401 and len(reads) <= 1
+
+
+@pytest.mark.parametrize("path, page", [("/demo", True), ("/docs", True), ("/healthz", False), ("/v1/adapters", False)])
+def test_security_headers(engine, path, page):
+    """Was: /demo (which keeps the key in sessionStorage) sent no CSP, X-Frame-Options or nosniff."""
+    r = call(engine, "GET", path)
+    assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
+    if page:
+        assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("host, ok", [("127.0.0.1:8000", True), ("localhost", True), ("[::1]:8000", True),
+                                      ("evil.example:8000", False), ("127.0.0.1.evil.example", False), ("", False)])
+def test_with_allowed_hosts_another_host_header_is_refused(engine, host, ok):
+    """Was: any Host answered (DNS rebinding against a keyless server on localhost)."""
+    over = {"allowed_hosts": ["127.0.0.1", "localhost", "::1"]}
+    r = call(engine, "GET", "/v1/adapters", over=over, headers={"Host": host})
+    assert (r.status_code == 200) is ok, r.text
+    if not ok:
+        assert r.status_code == 400 and "is not served here (allowed_hosts" in r.json()["error"]
+
+
+@pytest.mark.parametrize("argv, expected", [([], ["127.0.0.1", "::1", "[::1]", "localhost"]), (["--host", "0.0.0.0"], None)])
+def test_madx_serve_on_loopback_answers_loopback_names_only(monkeypatch, argv, expected):
+    import serving.main as main_mod
+
+    seen = {}
+    monkeypatch.setattr(main_mod, "check", lambda s: seen.setdefault("settings", s) and 0)
+    for k in [k for k in __import__("os").environ if k.startswith("MADX_")]:
+        monkeypatch.delenv(k)
+    main_mod.main([*argv, "--check"])
+    assert seen["settings"].allowed_hosts == expected
+
+
+def test_a_404_echoes_little_and_lists_no_admin_endpoint(engine):
+    """Was: a 404 echoed the whole path (7 KB) and listed the admin endpoints."""
+    r = call(engine, "GET", "/" + "x" * 7000)
+    assert r.status_code == 404 and len(r.content) < 1000 and "/admin" not in r.text

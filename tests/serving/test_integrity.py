@@ -123,7 +123,7 @@ def test_finding_13_integrity_gaps_are_refused(store, tamper, message):
 def test_finding_13_an_unlisted_file_in_an_artifact_is_refused(make_engine, store):
     (store / "sw" / "extra.json").write_text("{}")
     eng = make_engine(store=store)
-    assert "sw" not in eng.languages() and "not in the manifest's sha256 list" in eng.cache.refused["sw"]
+    assert "sw" not in eng.languages() and "'extra.json' are not part of an adapter artifact" in eng.cache.refused["sw"]
 
 
 def test_finding_13_weights_are_parsed_from_the_bytes_that_were_hashed(make_engine, store, monkeypatch):

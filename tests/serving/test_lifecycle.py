@@ -112,3 +112,97 @@ def test_racing_unloads_never_leave_a_task_unserved(make_engine, store):
         assert de == {"unloaded": "de"}
         asyncio.run(eng.admin_load("de", None))
     assert {"ner", "qa", "de"} <= set(eng.cache.entries)
+
+
+def _artifact(store, tmp_path, change_config=None, change_weights=None, extra_file=None):
+    """A copy of the 'sw' adapter with its config or weights changed (for admin loads by path)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    d = store / f"variant-{len(list(store.iterdir()))}"
+    shutil.copytree(store / "sw", d)
+    if change_config is not None:
+        p = d / "adapter_config.json"
+        cfg = json.loads(p.read_text())
+        text = change_config(cfg)
+        p.write_text(text if isinstance(text, str) else json.dumps(cfg))
+    if change_weights is not None:
+        t = load_file(d / "adapter.safetensors")
+        k = sorted(t)[0]
+        t[k] = change_weights(t[k].clone())
+        save_file(t, d / "adapter.safetensors")
+    if extra_file is not None:
+        (d / extra_file[0]).write_bytes(extra_file[1])
+    return d
+
+
+def _set(path, value):
+    def change(cfg):
+        node = cfg
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("what, kw, message", [
+    ("leave_out [99]", dict(change_config=_set(["bottleneck", "leave_out"], [99])), "leave_out"),
+    ("reduction_factor 1e-12", dict(change_config=_set(["bottleneck", "reduction_factor"], 1e-12)), "reduction_factor"),
+    ("a 200 000-deep JSON config", dict(change_config=lambda c: "[" * 200_000 + "]" * 200_000), "nested too deeply"),
+    ("NaN weights", dict(change_weights=lambda t: t.fill_(float("nan"))), "not finite"),
+    ("1e38 weights", dict(change_weights=lambda t: t.fill_(1e38)), "above"),
+    ("an extra 5 MB file", dict(extra_file=("junk.bin", b"\0" * 5_000_000)), "not part of an adapter artifact"),
+])
+def test_a_bad_artifact_is_a_422_and_changes_nothing(make_engine, store, tmp_path, what, kw, message):
+    """Was: a 500 for each of the config cases; NaN and 1e38 weights were accepted (200), after which
+    NER failed with 500; an extra file was read and hashed whole on the model thread."""
+    eng = make_engine(store=store)
+    before = asyncio.run(eng.ner(["Rais wa Kenya alizungumza."], "sw", True))["results"][0]["tokens"]
+    d = _artifact(store, tmp_path, **kw)
+    with pytest.raises(RequestError) as e:
+        asyncio.run(eng.admin_load("sw", str(d)))
+    assert e.value.status == 422 and message in e.value.message, (what, e.value.message)
+    after = asyncio.run(eng.ner(["Rais wa Kenya alizungumza."], "sw", True))["results"][0]["tokens"]
+    assert [t["score"] for t in after] == [t["score"] for t in before]
+
+
+@pytest.mark.parametrize("name", ["a b", "a\tb", "a\\b", "a\0b", "a\u200bb", "ner~1", "x" * 300, "a.b", "", "-x"])
+def test_admin_names_are_checked(make_engine, store, name):
+    """Was: a 500 (space, tab, backslash), accepted (NUL, zero-width space, 'ner~1' which collides with
+    a reload's kept version, 300 characters) or a 404 with a torch message ('a.b')."""
+    eng = make_engine(store=store)
+    for op in (lambda: eng.admin_load(name, str(store / "sw")), lambda: eng.admin_unload(name)):
+        with pytest.raises(RequestError) as e:
+            asyncio.run(op())
+        assert e.value.status == 422 and "adapter names are 1-64 characters" in e.value.message, e.value.message
+
+
+@pytest.mark.parametrize("path, message", [("x" * 5000, "at most 1024"), ("a/" * 300 + "b" * 300, "does not exist")])
+def test_an_admin_path_too_long_is_a_422(make_engine, store, path, message):
+    """Was: a 500 for a 5 000-character path."""
+    eng = make_engine(store=store)
+    with pytest.raises(RequestError) as e:
+        asyncio.run(eng.admin_load("sw", path))
+    assert e.value.status == 422 and message in e.value.message
+
+
+@pytest.mark.parametrize("what, kw, message", [
+    ("NaN weights", dict(change_weights=lambda t: t.fill_(float("nan"))), "not finite"),
+    ("leave_out [99]", dict(change_config=_set(["bottleneck", "leave_out"], [99])), "leave_out [99]"),
+    ("a 200 000-deep JSON config", dict(change_config=lambda c: "[" * 200_000 + "]" * 200_000), "nested too deeply"),
+])
+def test_a_bad_artifact_in_the_store_is_refused_alone_at_start(make_engine, store, tmp_path, what, kw, message):
+    """Was: the start-up aborted (or, for NaN weights, served them and `--check` passed)."""
+    import hashlib
+    import json
+
+    d = _artifact(store, tmp_path, **kw)
+    shutil.rmtree(store / "de")
+    d.rename(store / "de")
+    m = json.loads((store / "manifest.json").read_text())
+    m["adapters"]["de"]["sha256"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (store / "de").iterdir()}
+    (store / "manifest.json").write_text(json.dumps(m))
+    eng = make_engine(store=store)
+    assert "de" not in eng.languages() and message in eng.describe()["fallback"]["refused_adapters"]["de"]
+    assert asyncio.run(eng.ner(["Rais wa Kenya."], "sw", False))["results"]
