@@ -20,13 +20,14 @@ person would have written, with each word's span.
 
 from __future__ import annotations
 
+import bisect
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
 import regex
-from icu4py.breakers import WordBreaker
+from icu4py.breakers import CharacterBreaker, WordBreaker
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,43 @@ def invisible(ch: str) -> bool:
     return ch.isspace() or (unicodedata.category(ch) == "Cf" and not 0xE0020 <= ord(ch) <= 0xE007F)
 
 
+def clusters(text: str) -> list[tuple[int, int]]:
+    """The text's grapheme clusters (UAX #29 extended, ICU), as code point spans in order."""
+    return _segments(CharacterBreaker, text) if text else []
+
+
+def blank_cluster(cluster: str) -> bool:
+    """A cluster that shows nothing: spaces and format characters, or tag characters without a base."""
+    return all(invisible(c) or 0xE0000 <= ord(c) <= 0xE007F for c in cluster)
+
+
+def visible_span(text: str, a: int, b: int, bounds: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """``(a, b)`` widened to the grapheme clusters it touches (``bounds``: ``clusters(text)``), then
+    without the clusters at either end that show nothing; None when nothing visible is left. A span
+    never splits a cluster (a flag, an emoji ZWJ sequence, a letter and its marks)."""
+    i = bisect.bisect_right(bounds, (a, len(text) + 1)) - 1  # the cluster holding a
+    j = bisect.bisect_left(bounds, (b, -1)) - 1  # the cluster holding b - 1
+    i, j = max(i, 0), min(j, len(bounds) - 1)
+    while i <= j and blank_cluster(text[bounds[i][0]:bounds[i][1]]):
+        i += 1
+    while j >= i and blank_cluster(text[bounds[j][0]:bounds[j][1]]):
+        j -= 1
+    return (bounds[i][0], bounds[j][1]) if i <= j else None
+
+
 def split_words(text: str) -> list[Word]:
-    out = []
+    """Words: UAX #29 word segments on grapheme-cluster boundaries, without the clusters at their
+    ends that show nothing; disjoint and in order."""
+    out: list[Word] = []
+    bounds = clusters(text)
     for a, b in _segments(WordBreaker, text) if text else ():
-        while a < b and invisible(text[a]):
-            a += 1
-        while b > a and invisible(text[b - 1]):
-            b -= 1
-        if a < b:
-            out.append(Word(text[a:b], a, b))
+        span = visible_span(text, a, b, bounds)
+        if span is None:
+            continue
+        a, b = span
+        if out and a < out[-1].end:  # a word boundary inside a cluster: one word, never a split cluster
+            a = out.pop().start
+        out.append(Word(text[a:b], a, b))
     return out
 
 

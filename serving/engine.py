@@ -33,7 +33,7 @@ from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics
 from .routing import RouteError, choose, keyed_by_code
 from .settings import Settings
-from .text import entities_from_words, split_words
+from .text import clusters, entities_from_words, split_words, visible_span
 
 log = logging.getLogger("madx.serving")
 # admin names: no '.' (a torch module name), no '~' (a reload's kept version), nothing invisible
@@ -388,8 +388,13 @@ class Engine:
     def _qa_decode(self, context: str, route: Route, wins, logits, top_k: int, max_answer_tokens: int) -> dict[str, Any]:
         spans = best_spans([w.offsets for w in wins], [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits],
                            top_k=top_k, max_answer_tokens=max_answer_tokens)
-        answers = [{"text": context[s.start:s.end], "start": s.start, "end": s.end, "score": round(s.score, 4)}
-                   for s in spans]
+        bounds, answers, seen = clusters(context), [], set()
+        for s in spans:  # on grapheme-cluster boundaries, without clusters that show nothing at the ends
+            span = visible_span(context, s.start, s.end, bounds)
+            if span is not None and span not in seen:
+                seen.add(span)
+                answers.append({"text": context[span[0]:span[1]], "start": span[0], "end": span[1],
+                                "score": round(s.score, 4)})
         return {**route.out(), "answers": answers, "windows": len(wins), "backbone": self.model.backbone_name}
 
     # ------------------------------------------------------------------ admin (on the model thread)

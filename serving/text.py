@@ -6,7 +6,8 @@ re-built from normalised or decoded tokens.
 
 Segmentation is ``madx.words.split_words``: Unicode word boundaries (UAX #29) with ICU's dictionaries
 for scripts written without spaces; a grapheme cluster is never split and no word starts or ends
-in an invisible format character, so no entity does either.
+with a cluster that shows nothing (spaces, format characters, tag characters without a base), so no
+entity does either. QA answers are put on cluster boundaries the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from madx.words import Word, split_words
+from madx.words import Word, clusters, split_words, visible_span
 
-__all__ = ["Entity", "Word", "entities_from_words", "split_words"]
+__all__ = ["Entity", "Word", "clusters", "entities_from_words", "split_words", "visible_span"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from madx.words import invisible
+from madx.words import blank_cluster, clusters
 from serving.app import LocalBackend, build_app
 from serving.settings import Limits
 from serving.text import split_words
@@ -29,18 +29,26 @@ def test_words_are_disjoint_ordered_slices_covering_every_visible_character(text
         assert text[w.start:w.end] == w.text and w.start >= last and w.end > w.start
         last = w.end
         covered.update(range(w.start, w.end))
-    # every character but spaces and invisible format characters (Cf) is inside a word, and no word
-    # starts or ends in one of those
-    assert {i for i, ch in enumerate(text) if not invisible(ch)} <= covered
-    assert not any(invisible(w.text[0]) or invisible(w.text[-1]) for w in words)
+    # every character of a grapheme cluster that shows something is inside a word; a word starts and
+    # ends on cluster boundaries, with clusters that show something
+    bounds = clusters(text)
+    edges = {a for a, _ in bounds} | {b for _, b in bounds}
+    assert {i for a, b in bounds if not blank_cluster(text[a:b]) for i in range(a, b)} <= covered
+    for w in words:
+        assert w.start in edges and w.end in edges
+        first = next(text[a:b] for a, b in bounds if a == w.start)
+        last = next(text[a:b] for a, b in bounds if b == w.end)
+        assert not blank_cluster(first) and not blank_cluster(last)
 
 
 @SETTINGS
 @given(text=UNICODE.filter(lambda t: t.strip()), language=st.sampled_from([None, "en", "sw", "xx"]))
 def test_ner_entities_and_tokens_are_slices_of_the_input(engine, text, language):
     res = asyncio.run(engine.ner([text], language, True))["results"][0]
+    edges = {x for span in clusters(text) for x in span}
     for e in res["entities"]:
         assert text[e["start"]:e["end"]] == e["text"] and 0 <= e["score"] <= 1
+        assert e["start"] in edges and e["end"] in edges  # never a split cluster
     for t in res["tokens"]:
         assert 0 <= t["start"] < t["end"] <= len(text)
 
@@ -55,8 +63,10 @@ def test_qa_answers_are_slices_of_the_context(engine, question, context):
     except RequestError as e:  # e.g. a context with no tokens at all: a clear 422, never a crash
         assert e.status == 422
         return
+    edges = {x for span in clusters(context) for x in span}
     for a in res["answers"]:
         assert context[a["start"]:a["end"]] == a["text"]
+        assert a["start"] in edges and a["end"] in edges  # never a split flag or emoji sequence
 
 
 def test_openapi_fuzz_no_5xx_and_json_errors(make_engine):

@@ -166,3 +166,38 @@ def test_a_404_echoes_little_and_lists_no_admin_endpoint(engine):
     """Was: a 404 echoed the whole path (7 KB) and listed the admin endpoints."""
     r = call(engine, "GET", "/" + "x" * 7000)
     assert r.status_code == 404 and len(r.content) < 1000 and "/admin" not in r.text
+
+
+FLAG_ENGLAND = "\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("Kenya\u200d ni", ["Kenya\u200d", "ni"]),  # a ZWJ belongs to the cluster before it: kept, not split off
+    (FLAG_ENGLAND + " England", [FLAG_ENGLAND, "England"]),
+    ("\U000E0067 Nairobi", ["Nairobi"]),  # a tag character without a base shows nothing
+    ("Nairobi \U000E0067", ["Nairobi"]),
+    ("a 🇰🇪 b", ["a", "🇰🇪", "b"]),
+    ("👩\u200d👩\u200d👧 family", ["👩\u200d👩\u200d👧", "family"]),
+    ("e\u0301cole \u200bx\u200b", ["e\u0301cole", "x"]),
+])
+def test_words_never_split_a_grapheme_cluster(text, words):
+    """Was: a trailing ZWJ was trimmed off its cluster and a lone tag character (U+E0067) ended an
+    entity (85 split clusters in 400 fuzz requests)."""
+    from madx.words import split_words
+
+    got = split_words(text)
+    assert [w.text for w in got] == words and all(text[w.start:w.end] == w.text for w in got)
+
+
+@pytest.mark.parametrize("context, span, expected", [
+    ("x 🇰🇪 y", (2, 3), "🇰🇪"),  # half a flag (one regional indicator) -> the whole flag
+    ("x 👩\u200d👩\u200d👧 y", (2, 4), "👩\u200d👩\u200d👧"),
+    ("Nairobi\u200b ", (0, 9), "Nairobi"),  # clusters that show nothing are dropped from the ends
+    (" \u200b ", (0, 3), None),
+    ("caf" + "e\u0301", (0, 4), "cafe\u0301"),  # the base letter without its accent -> with it
+])
+def test_answer_spans_are_put_on_cluster_boundaries(context, span, expected):
+    from madx.words import clusters, visible_span
+
+    got = visible_span(context, *span, clusters(context))
+    assert (got and context[got[0]:got[1]]) == expected
