@@ -37,8 +37,9 @@ PUBLIC = ("/demo", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
 class Backend(Protocol):
-    async def ner(self, texts: list[str], language: str | None, return_tokens: bool) -> dict: ...
-    async def qa(self, question: str, context: str, language: str | None, top_k: int, max_answer_tokens: int) -> dict: ...
+    async def ner(self, texts: list[str], language: str | None, return_tokens: bool, stack: dict | None = None) -> dict: ...
+    async def qa(self, question: str, context: str, language: str | None, top_k: int, max_answer_tokens: int,
+                 stack: dict | None = None) -> dict: ...
     async def describe(self) -> dict: ...
     async def ready(self) -> bool: ...
     async def admin_load(self, name: str, path: str | None) -> dict: ...
@@ -52,11 +53,11 @@ class LocalBackend:
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    async def ner(self, texts, language, return_tokens):
-        return await self.engine.ner(texts, language, return_tokens)
+    async def ner(self, texts, language, return_tokens, stack=None):
+        return await self.engine.ner(texts, language, return_tokens, stack)
 
-    async def qa(self, question, context, language, top_k, max_answer_tokens):
-        return await self.engine.qa(question, context, language, top_k, max_answer_tokens)
+    async def qa(self, question, context, language, top_k, max_answer_tokens, stack=None):
+        return await self.engine.qa(question, context, language, top_k, max_answer_tokens, stack)
 
     async def describe(self):
         return self.engine.describe()
@@ -329,14 +330,15 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
     async def ner(req: NerRequest):
         """Named entities with character offsets into the original text (word-level aggregation)."""
         return await call("ner", "ner", _checked(check_ner_limits, settings.limits, req.all_texts, then=backend.ner),
-                          req.all_texts, req.language, req.return_tokens)
+                          req.all_texts, req.language, req.return_tokens, req.requested_stack())
 
     @app.post("/v1/qa", response_model=QaResponse, responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody},
                                                               503: {"model": ErrorBody}})
     async def qa(req: QaRequest):
         """Extractive answers; long contexts are read in overlapping windows (nothing is truncated)."""
         check = _checked(check_qa_limits, settings.limits, req.question, req.context, req.top_k, then=backend.qa)
-        return await call("qa", "qa", check, req.question, req.context, req.language, req.top_k, req.max_answer_tokens)
+        return await call("qa", "qa", check, req.question, req.context, req.language, req.top_k, req.max_answer_tokens,
+                          req.requested_stack())
 
     @app.get("/v1/adapters", response_model=AdaptersResponse)
     async def adapters():

@@ -63,26 +63,32 @@ class MadxClient:
             return r.json()
         raise AssertionError("unreachable")
 
-    def ner(self, text: str, language: str | None = None, return_tokens: bool = False) -> dict[str, Any]:
+    def ner(self, text: str, language: str | None = None, return_tokens: bool = False,
+            stack: dict[str, str] | None = None) -> dict[str, Any]:
         """One text -> {'entities': [...], 'language', 'language_source', 'detection_confidence', 'stack',
-        'fallback', 'windows'} (+ 'tokens' with ``return_tokens``)."""
-        return self.ner_batch([text], language, return_tokens)[0]
+        'fallback', 'windows'} (+ 'tokens' with ``return_tokens``). ``stack`` names the adapters to run
+        instead of the server's route: {'route': 'ensemble:sw+rw'} or {'language_adapter': 'sw',
+        'task_adapter': 'ner'}."""
+        return self.ner_batch([text], language, return_tokens, stack)[0]
 
     def ner_batch(self, texts: list[str], language: str | None = None,
-                  return_tokens: bool = False) -> list[dict[str, Any]]:
+                  return_tokens: bool = False, stack: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Several texts in one request; one result per text, in order, each with its own routing."""
-        return self.ner_full(texts, language, return_tokens)["results"]
+        return self.ner_full(texts, language, return_tokens, stack)["results"]
 
-    def ner_full(self, texts: list[str], language: str | None = None, return_tokens: bool = False) -> dict[str, Any]:
+    def ner_full(self, texts: list[str], language: str | None = None, return_tokens: bool = False,
+                 stack: dict[str, str] | None = None) -> dict[str, Any]:
         """The raw response body: {'results': [...], 'backbone': ...}."""
-        return self._send("POST", "/v1/ner", {"texts": texts, "language": language, "return_tokens": return_tokens})
+        body = {"texts": texts, "language": language, "return_tokens": return_tokens}
+        return self._send("POST", "/v1/ner", {**body, "stack": stack} if stack else body)
 
     def qa(self, question: str, context: str, language: str | None = None, top_k: int = 1,
-           max_answer_tokens: int = 30) -> dict[str, Any]:
+           max_answer_tokens: int = 30, stack: dict[str, str] | None = None) -> dict[str, Any]:
         """-> {'answers': [{'text', 'start', 'end', 'score'}, ...], 'language', 'language_source',
-        'detection_confidence', 'stack', 'fallback', 'windows', 'backbone'}."""
-        return self._send("POST", "/v1/qa", {"question": question, "context": context, "language": language,
-                                             "top_k": top_k, "max_answer_tokens": max_answer_tokens})
+        'detection_confidence', 'stack', 'fallback', 'windows', 'backbone'}; ``stack`` as for ``ner``."""
+        body = {"question": question, "context": context, "language": language, "top_k": top_k,
+                "max_answer_tokens": max_answer_tokens}
+        return self._send("POST", "/v1/qa", {**body, "stack": stack} if stack else body)
 
     def adapters(self) -> dict[str, Any]:
         return self._send("GET", "/v1/adapters")

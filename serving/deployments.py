@@ -148,11 +148,11 @@ class BackboneReplica:
             return await self.engine.admin_load(op["name"], op.get("path"))
         return await self.engine.admin_unload(op["name"])
 
-    async def ner(self, texts, language, return_tokens):
-        return await _guard(self.engine.ner(texts, language, return_tokens))
+    async def ner(self, texts, language, return_tokens, stack=None):
+        return await _guard(self.engine.ner(texts, language, return_tokens, stack))
 
-    async def qa(self, question, context, language, top_k, max_answer_tokens):
-        return await _guard(self.engine.qa(question, context, language, top_k, max_answer_tokens))
+    async def qa(self, question, context, language, top_k, max_answer_tokens, stack=None):
+        return await _guard(self.engine.qa(question, context, language, top_k, max_answer_tokens, stack))
 
     async def describe(self):
         return self.engine.describe()
@@ -185,11 +185,11 @@ class ReplicaBackend:
     def __init__(self, replica: BackboneReplica) -> None:
         self.r = replica
 
-    async def ner(self, texts, language, return_tokens):
-        return await self.r.engine.ner(texts, language, return_tokens)
+    async def ner(self, texts, language, return_tokens, stack=None):
+        return await self.r.engine.ner(texts, language, return_tokens, stack)
 
-    async def qa(self, question, context, language, top_k, max_answer_tokens):
-        return await self.r.engine.qa(question, context, language, top_k, max_answer_tokens)
+    async def qa(self, question, context, language, top_k, max_answer_tokens, stack=None):
+        return await self.r.engine.qa(question, context, language, top_k, max_answer_tokens, stack)
 
     async def describe(self):
         return self.r.engine.describe()
@@ -253,11 +253,11 @@ class RayBackend:
                 log.warning("backbone replica failed during %s; retrying (%d/%d)", method, attempt + 1, self.retries)
                 await asyncio.sleep(0.2 * (attempt + 1))
 
-    async def ner(self, texts, language, return_tokens):
-        return await self._call("ner", texts, language, return_tokens)
+    async def ner(self, texts, language, return_tokens, stack=None):
+        return await self._call("ner", texts, language, return_tokens, stack)
 
-    async def qa(self, question, context, language, top_k, max_answer_tokens):
-        return await self._call("qa", question, context, language, top_k, max_answer_tokens)
+    async def qa(self, question, context, language, top_k, max_answer_tokens, stack=None):
+        return await self._call("qa", question, context, language, top_k, max_answer_tokens, stack)
 
     async def describe(self):
         return await self.backbone.describe.remote()

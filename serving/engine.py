@@ -10,7 +10,6 @@ import asyncio
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,35 +30,14 @@ from .batcher import Batcher
 from .cache import AdapterCache
 from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics
-from .routing import RouteError, choose, keyed_by_code
+from .requested import requested_stacks
+from .routing import Route, RouteError, choose, keyed_by_code
 from .settings import Settings
 from .text import clusters, entities_from_words, split_words, visible_span
 
 log = logging.getLogger("madx.serving")
 # admin names: no '.' (a torch module name), no '~' (a reload's kept version), nothing invisible
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
-
-
-@dataclass(frozen=True)
-class Route:
-    stack: AdapterStack  # the first (for an ensemble) or only stack
-    language: str | None
-    source: str  # request | detected | undetermined
-    confidence: float | None
-    fallback: str | None
-    name: str = "madx"  # task_only | madx | english | related:<code> | ensemble:<a>+<b>
-    reason: str = ""
-    stacks: tuple[AdapterStack, ...] = ()  # every stack a row runs (outputs averaged); () = (stack,)
-
-    @property
-    def all_stacks(self) -> tuple[AdapterStack, ...]:
-        return self.stacks or (self.stack,)
-
-    def out(self) -> dict[str, Any]:
-        st = lambda s: {"language": s.language, "task": s.task}  # noqa: E731
-        return {"language": self.language, "language_source": self.source, "detection_confidence": self.confidence,
-                "stack": st(self.stack), "fallback": self.fallback, "route": self.name, "route_reason": self.reason,
-                "stacks": [st(s) for s in self.all_stacks] if len(self.all_stacks) > 1 else None}
 
 
 def pick_device(name: str) -> torch.device:
@@ -177,7 +155,9 @@ class Engine:
                                 f"the only other kind served")
 
     # ------------------------------------------------------------------ routing
-    def route(self, task: str, language: str | None, text: str) -> Route:
+    def route(self, task: str, language: str | None, text: str, requested: dict | None = None) -> Route:
+        """The stacks a text runs: the client's ``requested`` stack if given (serving/requested.py), else
+        the store's evidence, else the fallback rules."""
         name = self.s.tasks.get(task)
         if name is None or name not in self.cache.entries:
             raise RequestError(404, f"task {task!r} is not served; served tasks: {sorted(self.describe()['tasks'])}")
@@ -193,6 +173,11 @@ class Engine:
                 language, source = lang, "detected"
         else:
             language = self._language_code(language)
+        if requested:
+            stacks, reason = requested_stacks(task, requested, language, served, self._task_adapters(task), name,
+                                              self.alone.get(task, name), self.s.routing.source_language)
+            self.m.requested.labels(self.m.replica, task, requested.get("route") or "explicit").inc()
+            return Route(stacks[0], language, source, conf, None, "requested", reason, stacks)
         mode = self.s.fallback.mode
         if mode == "strict" and language not in served:
             what = (f"language {language!r} has no adapter" if language else
@@ -222,6 +207,9 @@ class Engine:
                                  f"no adapter for {language!r}; {cand!r} is related (fallback.related)")
         why = f"no adapter for {language!r}" if language else "the language was not determined"
         return Route(AdapterStack(None, alone), language, source, conf, "task_only", "task_only", why)
+
+    def _task_adapters(self, task: str) -> set[str]:
+        return {n for n, e in self.cache.entries.items() if e.kind == "task" and e.task_type == task}
 
     def _code_of(self, tag: str) -> str:
         """``_language_code`` for stored names: a ValueError (not a request's 422) for a non-code."""
@@ -271,11 +259,12 @@ class Engine:
         return [g[0] if len(g) == 1 else np.mean(g, axis=0) for g in grouped]
 
     # ------------------------------------------------------------------ NER
-    async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False) -> dict[str, Any]:
+    async def ner(self, texts: list[str], language: str | None, return_tokens: bool = False,
+                  stack: dict | None = None) -> dict[str, Any]:
         check_ner_limits(self.s.limits, texts)
         self.batcher.admit(1)  # a full queue refuses before detection and tokenisation
         with self.m.stage("detect"):
-            routes = [self.route("ner", language, t) for t in texts]
+            routes = [self.route("ner", language, t, stack) for t in texts]
         pinned = [a for r in routes for st in r.all_stacks for a in st.adapters]
         self.batcher.pin(pinned)  # an unload while this request is prepared waits for it (drain)
         labels = self.cache.entries[routes[0].stack.task].labels  # the version routed to (a reload may follow)
@@ -352,11 +341,11 @@ class Engine:
 
     # ------------------------------------------------------------------ QA
     async def qa(self, question: str, context: str, language: str | None, top_k: int = 1,
-                 max_answer_tokens: int = 30) -> dict[str, Any]:
+                 max_answer_tokens: int = 30, stack: dict | None = None) -> dict[str, Any]:
         check_qa_limits(self.s.limits, question, context, top_k)
         self.batcher.admit(1)
         with self.m.stage("detect"):
-            route = self.route("qa", language, context)
+            route = self.route("qa", language, context, stack)
         pinned = [a for st in route.all_stacks for a in st.adapters]
         self.batcher.pin(pinned)
         try:

@@ -61,6 +61,8 @@ class Metrics:
         self.queue_rows = Gauge("madx_queue_rows", "windows waiting for a batch", lbl, registry=r)
         self.rejected = Counter("madx_overload_rejections", "requests refused with 503 because the queue was full", lbl,
                                 registry=r)
+        self.requested = Counter("madx_requested_stacks", "texts whose request named its adapter stack, by task and "
+                                 "route ('explicit': named adapters)", ["replica", "task", "route"], registry=r)
         self.cancelled = Counter("madx_cancelled_windows", "queued windows released because their request was "
                                  "cancelled or timed out before they ran", lbl, registry=r)
         self.cache = Counter("madx_adapter_cache", "adapter lookups by result (hit/miss) and tier it came from",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from madx.config import AdapterStack
 
@@ -40,6 +41,28 @@ class Choice:
     route: str
     stacks: tuple[AdapterStack, ...]  # one per pass of each row (several for an ensemble)
     reason: str
+
+
+@dataclass(frozen=True)
+class Route:
+    stack: AdapterStack  # the first (for an ensemble) or only stack
+    language: str | None
+    source: str  # request | detected | undetermined
+    confidence: float | None
+    fallback: str | None
+    name: str = "madx"  # task_only | madx | english | related:<code> | ensemble:<a>+<b>
+    reason: str = ""
+    stacks: tuple[AdapterStack, ...] = ()  # every stack a row runs (outputs averaged); () = (stack,)
+
+    @property
+    def all_stacks(self) -> tuple[AdapterStack, ...]:
+        return self.stacks or (self.stack,)
+
+    def out(self) -> dict[str, Any]:
+        st = lambda s: {"language": s.language, "task": s.task}  # noqa: E731
+        return {"language": self.language, "language_source": self.source, "detection_confidence": self.confidence,
+                "stack": st(self.stack), "fallback": self.fallback, "route": self.name, "route_reason": self.reason,
+                "stacks": [st(s) for s in self.all_stacks] if len(self.all_stacks) > 1 else None}
 
 
 class RouteError(ValueError):

@@ -47,6 +47,29 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
+
+
+class StackRequest(_In):
+    """The adapter stack a request asks for, instead of the route the server would choose."""
+    route: str | None = Field(None, max_length=140, pattern=r"^(task_only|madx|english|related:[A-Za-z0-9_-]{1,64}|"
+                              r"ensemble:[A-Za-z0-9_-]{1,64}(\+[A-Za-z0-9_-]{1,64})+)$",
+                              description="task_only, madx, english, related:<code> or ensemble:<a>+<b>")
+    language_adapter: str | None = Field(None, pattern=NAME, description="a served language adapter (omit: none)")
+    task_adapter: str | None = Field(None, pattern=NAME, description="a served task adapter of this task "
+                                     "(omit: the task's own)")
+
+    @model_validator(mode="after")
+    def _something(self) -> StackRequest:
+        if self.route is None and self.language_adapter is None and self.task_adapter is None:
+            raise ValueError("stack names nothing; give route, or language_adapter and/or task_adapter")
+        return self
+
+
+STACK = Field(None, description="run this adapter stack instead of the route the server chooses (reported back "
+              "as route 'requested'); 422 lists what is served when it names anything else")
+
+
 LANG = Field(None, min_length=1, max_length=16, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$",
              description="ISO 639 code (e.g. 'sw'); omitted: detected, and reported in the response")
 
@@ -55,6 +78,7 @@ class NerRequest(_In):
     text: str | None = Field(None, description="one text; or use `texts`")
     texts: list[str] | None = Field(None, description="several texts, answered in order")
     language: str | None = LANG
+    stack: StackRequest | None = STACK
     return_tokens: bool = Field(False, description="also return each sub-word token with its label and offsets")
 
     @model_validator(mode="after")
@@ -68,6 +92,9 @@ class NerRequest(_In):
                 raise ValueError(f"text {i} is empty or only whitespace")
         return self
 
+    def requested_stack(self) -> dict | None:
+        return self.stack.model_dump(exclude_none=True) if self.stack else None
+
     @property
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
@@ -77,6 +104,7 @@ class QaRequest(_In):
     question: str = Field(..., min_length=1)
     context: str = Field(..., min_length=1)
     language: str | None = LANG
+    stack: StackRequest | None = STACK
     top_k: int = Field(1, ge=1, description="answers to return, best first")
     max_answer_tokens: int = Field(30, ge=1, le=512)
 
@@ -86,6 +114,9 @@ class QaRequest(_In):
             if not getattr(self, name).strip():
                 raise ValueError(f"'{name}' is only whitespace")
         return self
+
+    def requested_stack(self) -> dict | None:
+        return self.stack.model_dump(exclude_none=True) if self.stack else None
 
 
 class StackOut(_Out):
