@@ -37,6 +37,11 @@ def test_demo_ner_highlights_entities_and_shows_the_route(server, page):
     assert "stack" in route and "ner" in route, route
     # the language list came from /v1/adapters once the key was given
     assert page.locator("#language option").count() > 1
+    # a stack chosen by the person: run as asked, and said so
+    page.select_option("#route", "task_only")
+    page.click("#run")
+    page.locator("[data-testid=route]", has_text="requested").wait_for(timeout=20_000)
+    assert "requested" in page.inner_text("[data-testid=route]")
     assert page.blocked == []
     if os.environ.get("MADX_DEMO_SCREENSHOT"):  # scripts/demo_screenshot.sh: docs/demo.png
         page.screenshot(path=os.environ["MADX_DEMO_SCREENSHOT"], full_page=True)
