@@ -185,3 +185,13 @@ def file_provenance(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         out.append({"path": str(p), "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()})
     return out
 
+
+def lang_paths(items: Sequence[str], what: str) -> list[tuple[str, Path]]:
+    """``LANG=PATH`` arguments as (language, path) pairs, in order; a malformed one names the option."""
+    out = []
+    for it in items:
+        lang, sep, path = it.partition("=")
+        if not sep or not lang or not path:
+            raise SystemExit(f"{what} {it!r} must look like LANG=PATH")
+        out.append((lang, Path(path)))
+    return out

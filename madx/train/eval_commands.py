@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from ..config import AdapterStack
-from .data import read_conll, read_squad
+from .data import lang_paths, read_conll, read_squad
 from .train_commands import load_model
-
-
-def _pairs(items: list[str], what: str) -> list[tuple[str, Path]]:
-    out = []
-    for it in items:
-        lang, sep, path = it.partition("=")
-        if not sep or not lang or not path:
-            raise SystemExit(f"{what} {it!r} must look like LANG=PATH")
-        out.append((lang, Path(path)))
-    return out
 
 
 def cmd_eval(args) -> int:
@@ -31,7 +20,7 @@ def cmd_eval(args) -> int:
     load_store(model, args.store, [args.task_adapter])
     task_type = model.configs[args.task_adapter].head.task_type
     rows = []
-    for lang, path in _pairs(args.test, "--test"):
+    for lang, path in lang_paths(args.test, "--test"):
         lang_adapter = (None if args.no_lang_adapter else args.fixed_lang_adapter
                         or f"{lang.split('-')[0]}{args.lang_suffix}")
         if lang_adapter is not None and lang_adapter not in model.configs:

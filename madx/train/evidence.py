@@ -23,21 +23,9 @@ import json
 from pathlib import Path
 
 from . import corpus
-from .data import read_conll, read_squad
+from .data import lang_paths, read_conll, read_squad
 from .route_evidence import language_evidence, measured_default
 from .train_commands import command_line, load_model
-
-
-def _pairs(items: list[str] | None, what: str) -> dict[str, Path] | None:
-    if items is None:
-        return None
-    out = {}
-    for it in items:
-        lang, sep, path = it.partition("=")
-        if not sep or not lang or not path:
-            raise SystemExit(f"{what} {it!r}: expected LANG=PATH")
-        out[lang] = Path(path)
-    return out
 
 
 def _adapter_checksums(manifest: dict) -> dict[str, str]:
@@ -53,8 +41,8 @@ def cmd_evidence(args) -> int:
     from .evaluate import evaluate_ner, evaluate_qa
 
     root = args.data or corpus.default_root()
-    dev_tables = {"ner": _pairs(args.ner_dev, "--ner-dev") or {k: root / v for k, v in corpus.NER_DEV.items()},
-                  "qa": _pairs(args.qa_dev, "--qa-dev") or {k: root / v for k, v in corpus.QA_DEV.items()}}
+    dev_tables = {"ner": dict(lang_paths(args.ner_dev or [], "--ner-dev")) or {k: root / v for k, v in corpus.NER_DEV.items()},
+                  "qa": dict(lang_paths(args.qa_dev or [], "--qa-dev")) or {k: root / v for k, v in corpus.QA_DEV.items()}}
     names = dict(x.split("=", 1) for x in args.task_adapter)
     alone = dict(x.split("=", 1) for x in args.alone)
     model, tok = load_model(args)

@@ -17,17 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AdapterConfig, AdapterStack
-from .data import NerFile, Sentence, read_conll, read_squad
-
-
-def _pairs(items: list[str], what: str) -> list[tuple[str, Path]]:
-    out = []
-    for it in items:
-        lang, sep, path = it.partition("=")
-        if not sep or not lang or not path:
-            raise SystemExit(f"{what} {it!r}: expected LANG=PATH")
-        out.append((lang, Path(path)))
-    return out
+from .data import NerFile, Sentence, lang_paths, read_conll, read_squad
 
 
 def _ner_file(paths: list[Path], labels: tuple[str, ...], drop: set[str]) -> NerFile:
@@ -48,7 +38,7 @@ def cmd_task_multisource(args) -> int:
 
     if args.train or args.lang_adapter or args.init_from:
         raise SystemExit("--train-lang trains on several languages: leave out --train, --lang-adapter and --init-from")
-    sources, dev = _pairs(args.train_lang, "--train-lang"), _pairs(args.dev_lang, "--dev-lang")
+    sources, dev = lang_paths(args.train_lang, "--train-lang"), lang_paths(args.dev_lang, "--dev-lang")
     mix = MixtureConfig(args.temperature, args.target_share, args.none_share)
     langs = list(dict.fromkeys(lang for lang, _ in sources))
     dev_own = args.dev_adapters == "own"
