@@ -225,8 +225,11 @@ class Guard:
             await send(message)
         if self.hosts is not None:
             raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            name = raw.rsplit(":", 1)[0] if raw.count(":") == 1 or raw.startswith("[") else raw
-            if name.lower().strip("[]") not in self.hosts:
+            if raw.startswith("["):  # [v6 address] or [v6 address]:port
+                name = raw[1:raw.index("]")] if "]" in raw else raw
+            else:  # name or name:port
+                name = raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+            if name.lower() not in self.hosts:
                 return await _err(400, f"Host {_short(raw, 60)!r} is not served here (allowed_hosts: "
                                        f"{sorted(self.hosts)})")(scope, receive, secured)
         return await self.app(scope, receive, secured)

@@ -139,7 +139,8 @@ def test_security_headers(engine, path, page):
         assert "default-src 'self'" in r.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("host, ok", [("127.0.0.1:8000", True), ("localhost", True), ("[::1]:8000", True),
+@pytest.mark.parametrize("host, ok", [("127.0.0.1:8000", True), ("localhost", True), ("[::1]:8000", True), ("[::1]", True),
+                                      ("LOCALHOST:80", True), ("[::2]:80", False),
                                       ("evil.example:8000", False), ("127.0.0.1.evil.example", False), ("", False)])
 def test_with_allowed_hosts_another_host_header_is_refused(engine, host, ok):
     """Was: any Host answered (DNS rebinding against a keyless server on localhost)."""
