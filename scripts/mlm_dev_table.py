@@ -17,8 +17,8 @@ from pathlib import Path
 
 def table(store: Path) -> str:
     m = json.loads((store / "manifest.json").read_text())["adapters"]
-    rows = ["| adapter | training lines | dev targets | loss, adapter | loss, none | Δ loss | top-1 adapter / none | best step | minutes |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| adapter | training lines | dev targets | loss, adapter | loss, none | Δ loss | top-1 adapter / none "
+            "| best step | minutes |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(m.items()):
         mt = e.get("metrics") or {}
         if e["kind"] != "language" or "dev_mlm" not in mt:
