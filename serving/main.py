@@ -89,6 +89,34 @@ def check(settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the server was up: one line, not a traceback
+        _stop_children()
+        print("madx-serve: interrupted during start-up; stopped", file=sys.stderr, flush=True)
+        return 130
+
+
+def _stop_children() -> None:
+    """Stop every process this one started (a local Ray's GCS, raylet, workers) and wait for them: a
+    start interrupted half-way leaves nothing behind, whatever Ray had started so far."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    for p in kids:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parse(argv)
     from .settings import SettingsError, load_settings
 
@@ -121,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     return _serve_ray(settings, url)
 
 
-def _serve_local(engine, settings, url: str) -> int:
+def local_server(engine, settings):
+    """The single-process HTTP server: uvicorn over the API, with connections that must send a whole
+    request within ``limits.read_timeout_s`` (serving/connections.py)."""
     import uvicorn
 
     from .app import LocalBackend, build_app
+    from .connections import guarded_http
 
-    server = uvicorn.Server(uvicorn.Config(build_app(LocalBackend(engine), settings, engine.m), host=settings.host,
-                                          port=settings.port, log_level="critical", access_log=False))
+    return uvicorn.Server(uvicorn.Config(build_app(LocalBackend(engine), settings, engine.m), host=settings.host,
+                                         port=settings.port, log_level="critical", access_log=False,
+                                         http=guarded_http(settings.limits.read_timeout_s)))
+
+
+def _serve_local(engine, settings, url: str) -> int:
+    server = local_server(engine, settings)
 
     def announce() -> None:  # the address is printed once uvicorn listens on it, never before
         while not server.started and not server.should_exit:
@@ -147,6 +183,12 @@ def _serve_local(engine, settings, url: str) -> int:
 def _serve_ray(settings, url: str) -> int:
     # token authentication on Ray's control plane: a local start makes its own token (~/.ray/auth_token)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    local = "RAY_ADDRESS" not in os.environ
+    if local:
+        # A local start is one node: Ray's own ports (GCS, raylet, workers, metrics exporters) listen on
+        # 127.0.0.1 only, and only the app's port follows --host. Ray takes the node's address from
+        # this switch (off: the loopback address); it must be set before Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray import serve
 
@@ -171,22 +213,21 @@ def _serve_ray(settings, url: str) -> int:
         print(f"error: Ray could not start ({type(e).__name__}: {first[:300]}); try --no-ray for one process",
               file=sys.stderr)
         return 2
+    # Serve's INFO lines ("Started Serve in namespace", "Connecting to existing Serve app ... New
+    # http_options will not be applied": serve.run reconnecting to the controller serve.start made)
+    # are about the start itself, which prints its own line when ready: not shown
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        # serve.run reconnects to the controller serve.start just made; its "Connecting to existing Serve
-        # app ... New http_options will not be applied" line is about that, not a problem: not shown
-        serve_log = logging.getLogger("ray.serve")
-        level = serve_log.level
-        serve_log.setLevel(logging.WARNING)
-        try:
-            serve.run(build(settings), name="madx", route_prefix="/", blocking=False)
-        finally:
-            serve_log.setLevel(level)
+        serve.run(build(settings), name="madx", route_prefix="/", blocking=False)
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"error: Ray Serve could not start the app ({type(e).__name__}: {first[:300]})", file=sys.stderr)
-        ray.shutdown()
+        _stop_ray(serve, ray, local)
         return 2
+    except KeyboardInterrupt:
+        _stop_ray(serve, ray, local)
+        raise
     print(f"madx-serve ready in {time.monotonic() - t0:.0f}s on {url}  demo: {url}/demo  docs: {url}/docs  "
           f"(Ctrl-C stops)", flush=True)
     stop = []
@@ -196,9 +237,22 @@ def _serve_ray(settings, url: str) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    serve.shutdown()
-    ray.shutdown()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the shutdown short
+    _stop_ray(serve, ray, local)
+    print("madx-serve: stopped", flush=True)
     return 0
+
+
+def _stop_ray(serve, ray, local: bool) -> None:
+    """A local Ray goes with its processes (shutting Serve down first only makes the raylet report its
+    controller's killed shutdown task); on a cluster this app is deleted and the cluster left alone."""
+    try:
+        if not local:
+            serve.delete("madx")
+        ray.shutdown()
+    finally:
+        if local:
+            _stop_children()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ class Limits(_Strict):
     max_chars: int = Field(20_000, ge=1, description="characters per text or QA context (413 above)")
     max_question_chars: int = Field(2_000, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="request body, checked before JSON parsing")
+    read_timeout_s: float = Field(20.0, gt=0, le=300, description="seconds a client has to send a whole request "
+                                  "(head and body) once it starts one; slower or idle connections are closed "
+                                  "(408 when the head has arrived)")
     max_top_k: int = Field(20, ge=1)
     max_windows: int | None = Field(None, ge=1, description="model windows one request may need (413 above, before "
                                     "any of it is queued); default min(1024, batching.max_queue_rows)")

@@ -53,7 +53,8 @@ def served(tmp_path_factory):
     key = "cluster-test-key"
     settings = load_settings(env={}, backbone=BACKBONE, adapter_store=str(store), port=port, api_key=key,
                              batching={"max_wait_ms": 20}, backbone_replicas=2, max_replicas_per_node=1,
-                             topology="two_hop")  # (test_single_topology.py deploys the other beside it)
+                             topology="two_hop",  # (test_single_topology.py deploys the other beside it)
+                             limits={"read_timeout_s": 3})  # short, so that a trickled body's 408 is quick to test
     dash = free_port()  # the dashboard is on, so that its token authentication is tested
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
                                                             "dashboard_port": dash})

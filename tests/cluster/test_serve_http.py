@@ -88,3 +88,33 @@ def test_the_ray_control_plane_refuses_requests_without_the_token(served):
                          timeout=20).status_code == 403
         assert httpx.get(served["dashboard"] + path, headers={"Authorization": f"Bearer {token}"},
                          timeout=20).status_code == 200
+
+
+def test_a_trickled_body_gets_a_408_and_the_connection_is_closed(served):
+    """Was: a body trickled one byte at a time held the connection (and a handler) for ever."""
+    import socket
+    import threading
+    import time
+    from urllib.parse import urlparse
+
+    u = urlparse(served["url"])
+    sock = socket.create_connection((u.hostname, u.port))
+    sock.settimeout(30)
+    sock.sendall(b"POST /v1/ner HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"X-API-Key: " + served["headers"]["X-API-Key"].encode() + b"\r\nContent-Length: 100000\r\n\r\n{")
+
+    def trickle():
+        try:
+            for _ in range(60):  # one byte every 0.3 s: 18 s if nothing cut it
+                time.sleep(0.3)
+                sock.sendall(b" ")
+        except OSError:
+            pass
+    threading.Thread(target=trickle, daemon=True).start()
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    finally:
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 408") and b"limits.read_timeout_s" in got, got[:300]
