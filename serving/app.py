@@ -23,7 +23,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .batcher import Overloaded
 from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics, merge
-from .middleware import DOCS_STATIC, MAX_ERRORS, ApiKey, BodyLimit, CountResponses, Guard, JsonOnly, _err, _short
+from .middleware import (
+    DOCS_STATIC,
+    MAX_ERRORS,
+    ApiKey,
+    BodyLimit,
+    CancelOnDisconnect,
+    CountResponses,
+    Guard,
+    JsonOnly,
+    _err,
+    _short,
+)
 from .schemas import AdaptersResponse, AdminLoad, ErrorBody, NerRequest, NerResponse, QaRequest, QaResponse
 from .settings import Settings
 
@@ -79,7 +90,9 @@ def _checked(check, *check_args, then):
     return run
 
 
-def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI:
+def build_app(backend: Backend, settings: Settings, metrics: Metrics, cancel_on_disconnect: bool = True) -> FastAPI:
+    """The API over ``backend``. ``cancel_on_disconnect``: a client that goes away cancels its request
+    (off under Ray Serve, which cancels a disconnected request itself)."""
     # ReDoc is off: its page loads a logo from a CDN; Swagger UI at /docs needs nothing from outside
     app = FastAPIOffline(title="madx-serve", version="0.1.0", static_url=DOCS_STATIC, redoc_url=None,
                          description="MAD-X adapters over one frozen multilingual encoder: NER and extractive QA in many "
@@ -228,6 +241,8 @@ def build_app(backend: Backend, settings: Settings, metrics: Metrics) -> FastAPI
 
     key = settings.api_key.get_secret_value() if settings.api_key else None
     # the last added runs first: count, guard, the key (before any body is read), the body limit, JSON only
+    if cancel_on_disconnect:
+        app.add_middleware(CancelOnDisconnect)
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes, timeout_s=settings.limits.read_timeout_s)
     app.add_middleware(ApiKey, key=key)

@@ -1,9 +1,12 @@
 """Token-budget dynamic batching across requests, languages and tasks.
 
 Requests put their windows (token id lists, each with its own adapter stack) in one queue. A
-single worker takes what is queued (waiting at most ``max_wait_ms`` for more), sorts it by length
-and cuts it into forward passes of at most ``max_batch_tokens`` padded tokens and
-``max_batch_rows`` rows; one pass mixes any stacks. The model runs on the process's one compute
+single worker takes one pass's worth of it at a time (waiting at most ``max_wait_ms`` for more),
+by fair queueing over requests by tokens: every request waiting gets the same share of each pass,
+so a small request goes in the next pass whole while a big one is spread over many, and no request
+starves. A pass holds at most ``max_batch_tokens`` padded tokens and ``max_batch_rows``
+rows, and at most about ``max_pass_ms`` of work at the throughput measured so far, so a request
+arriving during a big one waits about one short pass; one pass mixes any stacks. The model runs on the process's one compute
 thread (``serving/compute.py``) so the event loop keeps accepting requests. The queue is bounded:
 beyond ``max_queue_rows`` waiting windows a request is refused at once (``Overloaded`` -> HTTP 503
 with Retry-After).
@@ -67,15 +70,35 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int, pass_co
     return out[::-1]
 
 
+class Throughput:
+    """Padded tokens per second of the forward passes, an exponential moving average of measured
+    passes (None before the first)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight, self.tokens_per_s = weight, None
+
+    def add(self, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self.tokens_per_s = rate if self.tokens_per_s is None else (
+            (1 - self.weight) * self.tokens_per_s + self.weight * rate)
+
+    def tokens_in(self, seconds: float, default: int) -> int:
+        return default if self.tokens_per_s is None else int(self.tokens_per_s * seconds)
+
+
 class Batcher:
     def __init__(self, run: RunFn, max_batch_tokens: int, max_batch_rows: int, max_wait_ms: float,
-                 max_queue_rows: int, metrics: Metrics, policy: str = "mixed", max_adapters: int | None = None) -> None:
+                 max_queue_rows: int, metrics: Metrics, policy: str = "mixed", max_adapters: int | None = None,
+                 max_pass_ms: float | None = None) -> None:
         self.policy = policy
+        self.max_pass_s = None if max_pass_ms is None else max_pass_ms / 1000
+        self.speed = Throughput()
+        self._served: dict[int, int] = {}  # fair queueing: tokens taken so far by each waiting request
         self.max_adapters = max_adapters  # adapters one pass may use (the device cache's capacity)
         self.on_idle: Callable[[Callable[[], set[str]]], None] | None = None  # after each round: adapters still needed
         self._round: list[Row] = []  # rows taken from the queue whose pass has not finished
-        self.round_rows = 2 * max_batch_rows  # rows one round takes (round-robin over requests)
-        self.round_tokens = 2 * max_batch_tokens  # and about this many tokens: two passes
         self.pinned: dict[str, int] = {}  # adapters routed to by requests still being prepared
         self._requests = 0
         self.run, self.max_tokens, self.max_rows = run, max_batch_tokens, max_batch_rows
@@ -125,22 +148,40 @@ class Batcher:
                 r.future.cancel()
             raise
 
+    def pass_tokens(self) -> int:
+        """Padded tokens one pass may hold: ``max_batch_tokens``, and no more than about ``max_pass_ms``
+        of work at the measured throughput (never under 64 tokens, so a pass always makes progress)."""
+        if self.max_pass_s is None:
+            return self.max_tokens
+        return max(64, min(self.max_tokens, self.speed.tokens_in(self.max_pass_s, self.max_tokens)))
+
     def _take(self) -> list[Row]:
-        """This round's rows: round-robin over the queued requests, at most ``round_rows`` rows and about
-        two passes of tokens (``2 x max_batch_tokens``). A request with 1 000 windows then shares each
-        round with the others, and a new small request waits at most for the round in progress."""
-        budget = self.round_tokens
+        """The next pass's rows, by fair queueing over the queued requests by tokens: the next row is
+        always the oldest waiting row of the request that has had the fewest tokens computed so far
+        (a new request starts level with the least served one). Waiting requests share every pass by
+        tokens, a new small request goes in the next pass, and none starves: when the least-served
+        request's next row does not fit the pass, the pass ends and that row opens the next one."""
+        budget = self.pass_tokens()
         by: dict[int, deque[Row]] = {}
         for r in self.queue:
             by.setdefault(r.request, deque()).append(r)
+        self._served = {k: v for k, v in self._served.items() if k in by}
+        floor = min(self._served.values(), default=0)
+        for k in by:
+            self._served.setdefault(k, floor)
         out: list[Row] = []
         tokens = 0
-        while len(out) < min(self.round_rows, len(self.queue)) and (not out or tokens < budget):
-            for q in list(by.values()):
-                if q and len(out) < self.round_rows and (not out or tokens < budget):
-                    r = q.popleft()
-                    out.append(r)
-                    tokens += len(r.ids)
+        while len(out) < self.max_rows:
+            live = [k for k, q in by.items() if q]
+            if not live:
+                break
+            k = min(live, key=self._served.__getitem__)  # ties: the earliest request
+            n = len(by[k][0].ids)
+            if out and tokens + n > budget:
+                break
+            out.append(by[k].popleft())  # (the first row of a pass goes in whatever its length)
+            tokens += n
+            self._served[k] += n
         taken = {id(r) for r in out}
         self.queue = deque(r for r in self.queue if id(r) not in taken)
         return out
@@ -266,6 +307,7 @@ class Batcher:
         out = self.run([r.ids for r in rows], [r.stack for r in rows])
         rep = self.m.replica
         dt = time.perf_counter() - t0
+        self.speed.add(len(rows) * max(len(r.ids) for r in rows), dt)
         self.m.forward_seconds.labels(rep).observe(dt)
         self.m.stage_seconds.labels(rep, "forward").inc(dt)
         self.m.batch_rows.labels(rep).observe(len(rows))

@@ -212,7 +212,7 @@ class ReplicaBackend:
 
 class _ServerReplica(BackboneReplica):
     def __serve_build_asgi_app__(self):
-        return build_app(ReplicaBackend(self), self.engine.s, self.engine.m)
+        return build_app(ReplicaBackend(self), self.engine.s, self.engine.m, cancel_on_disconnect=False)  # Serve does
 
 
 Server = serve.deployment(ray_actor_options={"num_cpus": 1}, logging_config=QUIET, health_check_period_s=5)(
@@ -289,7 +289,7 @@ class Ingress:
         self.backend = RayBackend(backbone, control, self.settings.replica_failure_retries)
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.backend, self.settings, self.metrics)
+        return build_app(self.backend, self.settings, self.metrics, cancel_on_disconnect=False)  # Serve does
 
 
 def build(settings: Settings):

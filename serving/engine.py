@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from madx.artifacts import ArtifactError, read_manifest
 from madx.backbone import load_backbone
 from madx.config import AdapterStack
 from madx.decode import best_spans, softmax, word_predictions
-from madx.features import ner_features, pad, qa_windows
+from madx.features import pad, qa_windows
 from madx.langid import Detector, load_profiles
 from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
@@ -30,10 +29,11 @@ from .batcher import Batcher
 from .cache import AdapterCache
 from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics
+from .prep import FairPrep, prepare_ner, time_problem
 from .requested import requested_stacks
 from .routing import Route, RouteError, choose, keyed_by_code
 from .settings import Settings
-from .text import clusters, entities_from_words, split_words, visible_span
+from .text import clusters, entities_from_words, visible_span
 
 log = logging.getLogger("madx.serving")
 # admin names: no '.' (a torch module name), no '~' (a reload's kept version), nothing invisible
@@ -82,10 +82,10 @@ class Engine:
         self.qa_window = min(b.qa_window, self.model.max_positions)
         self.qa_stride = min(b.qa_stride, self.qa_window // 3)
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
-                               b.policy, max_adapters=settings.cache.max_device_adapters)
+                               b.policy, max_adapters=settings.cache.max_device_adapters, max_pass_ms=b.max_pass_ms)
         self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
         self.cache.repin = self.batcher.repin  # rows admitted before a reload keep the version they were routed to
-        self._prep = ThreadPoolExecutor(1, thread_name_prefix="madx-prep")  # tokenising, off the event loop
+        self._prep = FairPrep()  # tokenising, off the event loop, shared fairly between requests (serving/prep.py)
         self._admin_locks: dict[int, asyncio.Lock] = {}  # one per event loop (tests run several)
         self.ready = True
 
@@ -96,7 +96,7 @@ class Engine:
         bb = backbone or load_backbone(settings.backbone)
         if bb.tokenizer is None:
             raise RuntimeError(f"backbone {settings.backbone!r} has no tokenizer and cannot serve text")
-        self.tok = bb.tokenizer  # used on the prep thread only (see _ner_prep)
+        self.tok = bb.tokenizer  # used on the prep thread only (serving/prep.py)
         self.pad_id = bb.tokenizer.pad_token_id
         self.threads = torch.get_num_threads()  # the compute thread's (a per-thread OpenMP setting)
         self.device = pick_device(settings.device)
@@ -274,9 +274,11 @@ class Engine:
             self._unpin(pinned)
 
     async def _ner(self, texts: list[str], routes: list[Route], return_tokens: bool, labels) -> dict[str, Any]:
-        try:  # tokenising 64 x 20 000 characters takes seconds: off the event loop (one prep thread)
-            words, feats, pieces = await asyncio.get_running_loop().run_in_executor(self._prep, self._ner_prep, texts,
-                                                                                   return_tokens)
+        try:  # tokenising 64 x 20 000 characters takes seconds: off the event loop, in fair turns
+            words, feats, pieces = await prepare_ner(self._prep, object(), self.tok, self.ner_window, texts,
+                                                     return_tokens, [len(r.all_stacks) for r in routes],
+                                                     self.batcher.speed.tokens_per_s, self.s.request_timeout_s,
+                                                     self.m.stage)
         except ValueError as e:  # a single "word" longer than a window (e.g. 300 chars without spaces)
             raise RequestError(422, f"text {str(e).removeprefix('sentence ')}; split it or raise batching.ner_window") from None
         logits = await self._forward([f.input_ids for f in feats], [routes[f.sentence] for f in feats])
@@ -306,17 +308,6 @@ class Engine:
         self.batcher.unpin(names)
         if self.cache.retired:  # this request may have been the last one a draining adapter waited for
             asyncio.ensure_future(self.batcher.call(self.cache.collect, self.batcher.adapters_in_use))
-
-    def _ner_prep(self, texts: list[str], pieces: bool = False):
-        """On the prep thread: every use of the tokenizer happens there (it must not be used from two
-        threads at once: "Already borrowed")."""
-        with self.m.stage("split_words"):
-            words = [split_words(t) for t in texts]
-        with self.m.stage("tokenise"):
-            feats = ner_features(self.tok, texts, [[(w.start, w.end) for w in ws] for ws in words], None,
-                                 self.ner_window, skip_empty=True)
-            names = [self.tok.convert_ids_to_tokens(f.input_ids) for f in feats] if pieces else [None] * len(feats)
-        return words, feats, names
 
     def _admit_windows(self, n: int) -> None:
         """Refuse a request over limits.max_windows before any of its windows is queued."""
@@ -366,10 +357,14 @@ class Engine:
                 # never turns a context into hundreds of windows that move 17 tokens at a time
                 return qa_windows(self.tok, question, context, self.qa_window, min(self.qa_stride, room // 2))
 
-        wins = await asyncio.get_running_loop().run_in_executor(self._prep, prep)
+        wins = await self._prep.run(object(), prep)
         if not any(o is not None for w in wins for o in w.offsets):
             raise RequestError(422, "the context has no visible characters the model can read (only spaces, "
                                     "invisible format characters or characters the tokenizer drops)")
+        problem = time_problem(sum(len(w.input_ids) for w in wins) * len(route.all_stacks),
+                               self.batcher.speed.tokens_per_s, self.s.request_timeout_s)
+        if problem:
+            raise RequestError(413, problem)
         logits = await self._forward([w.input_ids for w in wins], [route] * len(wins))
         with self.m.stage("decode"):
             return self._qa_decode(context, route, wins, logits, top_k, max_answer_tokens)

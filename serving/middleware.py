@@ -111,7 +111,8 @@ class BodyLimit:
 class CountResponses:
     """Pure ASGI middleware, outermost: every response is counted in ``madx_requests_total`` by
     endpoint and status, whoever answered it (a middleware's 401/413/415, a validation 422, an error
-    raised while serialising), so the dashboard's error share is the clients' error share."""
+    raised while serialising), so the dashboard's error share is the clients' error share. A request
+    whose client disconnected before any answer is counted as 499."""
 
     ENDPOINTS = {"/v1/ner": "ner", "/v1/qa": "qa"}
 
@@ -135,8 +136,8 @@ class CountResponses:
             if not status:  # Starlette's outermost handler turns it into a 500 after this middleware
                 status.append(500)
             raise
-        finally:
-            self.metrics.requests.labels(endpoint, str(status[0] if status else 500)).inc()
+        finally:  # no response and no error: the client went away first (499, as nginx counts it)
+            self.metrics.requests.labels(endpoint, str(status[0] if status else 499)).inc()
 
 
 class Guard:
@@ -200,3 +201,53 @@ class ApiKey:
             return await _err(401, "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})(
                 scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class CancelOnDisconnect:
+    """Pure ASGI middleware, innermost (single-process mode): a client that disconnects cancels its
+    request, so its queued windows leave the batcher instead of being computed for no one (Ray Serve
+    does the same in Ray mode). Runs after ``BodyLimit``, which hands the app the whole body in one
+    message; from then on only this middleware reads the connection, and the app sees the disconnect
+    when it asks."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        first = await receive()
+        if first["type"] != "http.request" or first.get("more_body"):
+            pending = [first]
+
+            async def passthrough():
+                return pending.pop() if pending else await receive()
+            return await self.app(scope, passthrough, send)
+        gone = asyncio.Event()
+        given = []
+
+        async def app_receive():
+            if not given:
+                given.append(1)
+                return first
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+        task = asyncio.ensure_future(self.app(scope, app_receive, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():  # the client is gone (or this call was cancelled): stop its work
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if not task.cancelled():
+            task.result()  # the app's own error, if it raised one

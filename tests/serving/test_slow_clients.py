@@ -107,3 +107,49 @@ def test_a_prompt_client_is_served_over_one_connection_for_longer_than_the_timeo
             time.sleep(0.2)
         big = c.post("/v1/ner", json={"texts": ["Paris is big. " * 1300] * 3})  # a big body sent at once is fine
     assert set(codes) == {200} and len(codes) >= 3 and big.status_code == 200
+
+
+def test_a_client_that_disconnects_cancels_its_work(make_engine):
+    """Was (single-process mode): a client that went away left its windows to be computed for no one
+    (madx_cancelled_windows_total +0). Passes are slowed to 50 ms so the request is still queued."""
+    eng = make_engine(batching={"max_batch_rows": 2, "max_wait_ms": 0})
+    passes = []
+    run = eng.batcher.run
+
+    def slow(seqs, stacks):
+        passes.append(len(seqs))
+        time.sleep(0.05)
+        return run(seqs, stacks)
+    eng.batcher.run = slow
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = local_server(eng, eng.s.model_copy(update={"port": port}))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+
+    def count(name, labels):
+        return eng.m.registry.get_sample_value(name, labels) or 0
+    try:
+        before = count("madx_cancelled_windows_total", {"replica": "local"})
+        gone_before = count("madx_requests_total", {"endpoint": "ner", "status": "499"})
+        body = json.dumps({"texts": [f"Rais wa Kenya {i}." for i in range(40)], "language": "sw"}).encode()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/ner HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        while not passes:
+            time.sleep(0.01)
+        sock.close()  # gone after the first pass of 20
+        end = time.monotonic() + 20
+        while (eng.batcher.queued or eng.batcher._round) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        cancelled = count("madx_cancelled_windows_total", {"replica": "local"}) - before
+        gone = count("madx_requests_total", {"endpoint": "ner", "status": "499"}) - gone_before
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+    assert cancelled > 0 and sum(passes) + cancelled <= 40 and sum(passes) < 40, (passes, cancelled)
+    assert gone == 1

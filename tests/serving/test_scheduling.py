@@ -1,0 +1,185 @@
+"""Which windows go in the next forward pass: deficit round robin over requests by tokens, passes
+bounded by measured work. Pure scheduling: rows with fake futures, no model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from madx.config import AdapterStack
+from serving.batcher import Batcher, Row
+from serving.metrics import Metrics
+
+STACK = AdapterStack("en", "ner")
+
+
+def batcher(max_tokens=1000, max_rows=64, max_pass_ms=None) -> Batcher:
+    return Batcher(lambda seqs, stacks: [], max_tokens, max_rows, 0, 100_000, Metrics(replica="t"),
+                   max_pass_ms=max_pass_ms)
+
+
+def queue(b: Batcher, requests: list[tuple[int, int]]) -> None:
+    """requests: (rows, tokens per row) each, queued in this order."""
+    loop = asyncio.new_event_loop()
+    for rows, length in requests:
+        b._requests += 1
+        b.queue.extend(Row([1] * length, STACK, loop.create_future(), b._requests) for _ in range(rows))
+
+
+def passes(b: Batcher, n: int) -> list[dict[int, int]]:
+    """Tokens per request in each of the next n passes."""
+    out = []
+    for _ in range(n):
+        per: dict[int, int] = {}
+        for r in b._take():
+            per[r.request] = per.get(r.request, 0) + len(r.ids)
+        out.append(per)
+    return out
+
+
+def test_a_small_request_behind_a_big_one_goes_in_the_next_pass_whole():
+    b = batcher()
+    queue(b, [(1000, 100)])  # 100 000 tokens: 100 passes
+    passes(b, 3)
+    queue(b, [(3, 20)])  # arrives while the big one runs
+    nxt = passes(b, 1)[0]
+    assert nxt.get(2) == 60 and sum(nxt.values()) <= 1000
+
+
+@pytest.mark.parametrize("requests, share", [
+    ([(500, 100), (500, 100)], {1: 500, 2: 500}),  # two big requests: half each
+    ([(500, 100), (500, 50)], {1: 500, 2: 500}),  # by tokens, not rows: the short rows' request gets as many tokens
+    ([(500, 100), (500, 100), (500, 100), (500, 100)], {1: 250, 2: 250, 3: 250, 4: 250}),
+])
+def test_waiting_requests_share_each_pass_by_tokens(requests, share):
+    b = batcher()
+    queue(b, requests)
+    total: dict[int, int] = {}
+    for p in passes(b, 8):
+        for k, v in p.items():
+            total[k] = total.get(k, 0) + v
+    assert all(abs(total[k] / 8 - v) <= 0.15 * v for k, v in share.items()), total
+
+
+def test_long_rows_are_not_starved_by_many_short_requests():
+    b = batcher(max_tokens=1000)
+    queue(b, [(1, 900)])  # one row that needs nearly a whole pass
+    for _ in range(30):
+        queue(b, [(20, 10)])  # a stream of small requests
+    got = [1 in p for p in passes(b, 12)]
+    assert any(got), "the long row never ran"
+
+
+def test_a_row_longer_than_a_pass_still_runs_alone():
+    b = batcher(max_tokens=256)
+    queue(b, [(1, 512), (2, 10)])
+    first = b._take()
+    assert [len(r.ids) for r in first] == [512]
+    assert sorted(len(r.ids) for r in b._take()) == [10, 10]
+
+
+@pytest.mark.parametrize("measured, max_pass_ms, want", [
+    (None, 250, 8192),  # nothing measured yet: max_batch_tokens
+    ((4000, 1.0), 250, 1000),  # 4 000 tokens/s: 250 ms is 1 000 tokens
+    ((100_000, 1.0), 250, 8192),  # fast: max_batch_tokens still bounds it
+    ((100, 1.0), 250, 64),  # very slow: never under 64
+    ((4000, 1.0), None, 8192),  # no time bound
+])
+def test_a_pass_holds_about_max_pass_ms_of_measured_work(measured, max_pass_ms, want):
+    b = batcher(max_tokens=8192, max_pass_ms=max_pass_ms)
+    if measured:
+        b.speed.add(*measured)
+    assert b.pass_tokens() == want
+
+
+# ---------------------------------------------------------------- tokenising: fair turns, early 413
+
+def test_a_small_request_tokenises_between_the_chunks_of_a_big_one():
+    """Was: one prep thread, first come first served: a one-sentence request waited for all 64 long
+    texts of the request before it to be tokenised."""
+    import threading
+    import time
+
+    from serving.prep import FairPrep
+
+    prep, order, gate = FairPrep(), [], threading.Event()
+
+    def job(name):
+        gate.wait()
+        time.sleep(0.01)
+        order.append(name)
+    big = [prep.submit("big", job, f"big{i}") for i in range(10)]
+    small = prep.submit("small", job, "small")
+    gate.set()
+    small.result(10)
+    for f in big:
+        f.result(10)
+    assert order.index("small") <= 2, order
+
+
+def test_a_cancelled_request_s_jobs_do_not_run():
+    import threading
+
+    from serving.prep import FairPrep
+
+    prep, ran, gate = FairPrep(), [], threading.Event()
+    first = prep.submit("a", gate.wait)
+    later = [prep.submit("a", ran.append, i) for i in range(5)]
+    for f in later:
+        f.cancel()
+    gate.set()
+    first.result(10)
+    prep.submit("b", lambda: None).result(10)
+    assert ran == []
+
+
+@pytest.mark.parametrize("lengths, size, want", [
+    ([10, 10, 10], 25, [(0, 2), (2, 1)]),
+    ([100], 25, [(0, 1)]),  # a longer text alone
+    ([5, 100, 5], 25, [(0, 1), (1, 1), (2, 1)]),
+    ([], 25, []),
+])
+def test_texts_are_cut_into_chunks_of_about_size_characters(lengths, size, want):
+    from serving.prep import chunks
+
+    got = chunks(["x" * n for n in lengths], size)
+    assert [(first, len(part)) for first, part in got] == want
+
+
+def test_an_error_names_the_text_by_its_place_in_the_request(engine):
+    from serving.prep import ner_prep
+
+    with pytest.raises(ValueError, match=r"^sentence 7: word"):
+        ner_prep(engine.tok, 32, ["fine", "a" + "bc" * 400], 6, False)
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_work_that_cannot_finish_in_time_is_a_413_before_it_is_all_tokenised(make_engine, monkeypatch, task):
+    """Was: a request inside every limit but needing minutes of model work was tokenised whole,
+    queued, and ended in a 504 after request_timeout_s, delaying everyone meanwhile."""
+    import serving.prep as prep_module
+    from serving.limits import RequestError
+
+    eng = make_engine(request_timeout_s=2)
+    eng.batcher.speed.add(200, 1.0)  # as if measured: 200 tokens/s, so 400 tokens fit in 2 s
+    calls = []
+    real = prep_module.ner_prep
+    monkeypatch.setattr(prep_module, "ner_prep", lambda *a: calls.append(1) or real(*a))
+    text = "The president spoke to reporters in the capital yesterday evening. " * 60  # ~4 000 chars
+    with pytest.raises(RequestError) as e:
+        if task == "ner":
+            asyncio.run(eng.ner([text] * 40, "en"))
+        else:
+            asyncio.run(eng.qa("Who spoke?", text * 4, "en"))
+    assert e.value.status == 413 and "request_timeout_s 2" in str(e.value) and "tokens/s" in str(e.value)
+    assert eng.batcher.queued == 0
+    if task == "ner":
+        assert len(calls) < 40 / 2, len(calls)  # stopped long before the 40 texts were all tokenised
+
+
+def test_work_that_fits_is_not_refused(make_engine):
+    eng = make_engine(request_timeout_s=60)
+    eng.batcher.speed.add(200, 1.0)
+    out = asyncio.run(eng.ner(["The president spoke to reporters in Nairobi."] * 4, "en"))
+    assert len(out["results"]) == 4
