@@ -22,7 +22,7 @@ from madx.features import pad, qa_windows
 from madx.langid import Detector, load_profiles
 from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
-from madx.precision import set_backbone_dtype
+from madx.precision import set_backbone_dtype, slow_precision
 
 from . import compute
 from .batcher import Batcher
@@ -102,6 +102,9 @@ class Engine:
         self.device = pick_device(settings.device)
         self.model = MadxModel(bb.model, bb.name).to(self.device).eval()
         self.model.adapter_kernel = settings.batching.adapter_kernel
+        slow = None if settings.allow_slow_precision else slow_precision(settings.backbone_dtype, self.device)
+        if slow:
+            raise RuntimeError(f"{slow} (or set allow_slow_precision)")
         try:
             set_backbone_dtype(self.model, settings.backbone_dtype, settings.adapter_dtype)
         except ValueError as e:

@@ -88,6 +88,19 @@ def check(settings) -> int:
     return 0
 
 
+def precision_problem(settings) -> str | None:
+    """A backbone precision this machine's CPU would run slower than fp32, in one line (None if fine)."""
+    if settings.allow_slow_precision or settings.backbone_dtype in ("auto", "fp32"):
+        return None
+    import torch
+
+    from madx.precision import slow_precision
+
+    on_gpu = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+    problem = None if on_gpu else slow_precision(settings.backbone_dtype, "cpu")
+    return f"{problem} (or set allow_slow_precision)" if problem else None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -133,7 +146,7 @@ def _main(argv: list[str] | None) -> int:
     url = f"http://{settings.host}:{settings.port}"
     if args.check:
         return check(settings)
-    problem = port_problem(settings.host, settings.port)  # before minutes of loading, not after
+    problem = port_problem(settings.host, settings.port) or precision_problem(settings)  # before minutes of loading
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

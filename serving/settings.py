@@ -134,6 +134,9 @@ class Settings(_Strict):
     backbone_dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="precision of the frozen backbone (madx/precision.py). auto: bf16 on a GPU or on a CPU "
         "with native bf16 matmuls (AVX512-BF16/AMX), else fp32. fp16 needs CUDA; int8 is CPU only")
+    allow_slow_precision: bool = Field(
+        False, description="serve an explicit backbone_dtype (bf16, int8) even on a CPU that runs it slower than "
+        "fp32 (without AVX512-BF16/AMX for bf16, without VNNI/AMX-INT8 for int8); refused at start otherwise")
     adapter_dtype: Literal["fp32", "backbone"] = Field(
         "fp32", description="fp32 adapters (cast at their input and output), or adapters in the backbone's dtype "
         "(bf16 on a bf16 backbone: 8% faster at the same F1, but a row's scores then move by more than 1e-3 with "

@@ -108,3 +108,56 @@ def test_unknown_adapter_dtype_is_refused():
     m = tiny_madx("xlm-roberta", seed=11, hidden_size=64, heads=4)
     with pytest.raises(ValueError, match="adapter_dtype 'int4' is unknown"):
         set_backbone_dtype(m, "bf16", "int4")
+
+
+# A precision is offered only where this CPU runs it faster than fp32 (int8 was 20x slower on an
+# AVX2-only EPYC). (flags, native bf16, backbone_dtype) -> refused?
+AVX2 = {"sse2", "avx", "avx2", "fma"}
+AVX512_VNNI = AVX2 | {"avx512f", "avx512_vnni"}
+
+
+@pytest.mark.parametrize("flags, bf16, name, refused", [
+    (AVX2, False, "int8", True),
+    (AVX2 | {"avx_vnni"}, False, "int8", False),  # AVX-VNNI (Alder Lake, Zen 5 ...)
+    (AVX512_VNNI, False, "int8", False),
+    (AVX2 | {"amx_int8"}, True, "int8", False),
+    (set(), False, "int8", False),  # not readable, or not x86: not refused on a guess
+    (AVX2, False, "bf16", True),
+    (AVX512_VNNI | {"avx512_bf16"}, True, "bf16", False),
+    (AVX2, False, "fp32", False),
+    (AVX2, False, "auto", False),
+])
+def test_a_precision_slower_than_fp32_on_this_cpu_is_named(monkeypatch, flags, bf16, name, refused):
+    import madx.precision as p
+
+    monkeypatch.setattr(p, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(p, "cpu_has_fast_bf16", lambda: bf16)
+    problem = p.slow_precision(name, "cpu")
+    assert (problem is not None) is refused
+    if refused:
+        assert f"backbone_dtype {name!r} would be slower than fp32 on this CPU" in problem and "\n" not in problem
+    assert p.slow_precision(name, "cuda") is None
+
+
+def test_madx_serve_refuses_a_slow_precision_in_one_line_before_loading(monkeypatch, capsys, tmp_path):
+    import madx.precision as p
+    import serving.engine
+    from serving.main import main
+
+    monkeypatch.setattr(p, "cpu_flags", lambda: set(AVX2))
+    monkeypatch.setattr(serving.engine, "Engine", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setenv("MADX_BACKBONE_DTYPE", "int8")
+    monkeypatch.setenv("MADX_DEVICE", "cpu")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    assert main(["--no-ray", "--host", "127.0.0.1", "--port", str(free)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: backbone_dtype 'int8' would be slower than fp32") \
+        and "allow_slow_precision" in err[0], err
+    monkeypatch.setenv("MADX_ALLOW_SLOW_PRECISION", "true")  # the operator's explicit choice is served
+    from serving.main import precision_problem
+    from serving.settings import load_settings
+    assert precision_problem(load_settings()) is None

@@ -16,6 +16,8 @@ def tiny_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def make_engine(tiny_store):
     def make(**over):
+        # every precision runs here whatever the CPU (its speed is not what these tests check)
+        over.setdefault("allow_slow_precision", True)
         return Engine(load_settings(env={}, backbone=BACKBONE, adapter_store=str(over.pop("store", tiny_store)), **over))
     return make
 

@@ -498,3 +498,13 @@ def test_adapter_dtype_follows_the_resolved_backbone(make_engine, dtype, adapter
     eng = make_engine(backbone_dtype=dtype, adapter_dtype=adapters)
     run(eng.ner([TEXT["sw"][0]], "sw", False))  # the adapters are resident once used
     assert {str(p.dtype) for p in eng.model.adapters.parameters()} == {want}
+
+
+def test_the_engine_refuses_a_precision_this_cpu_runs_slower_than_fp32(make_engine, monkeypatch):
+    """Was: MADX_BACKBONE_DTYPE=int8 served on an AVX2-only CPU at 1/20 of fp32's speed."""
+    import madx.precision as p
+
+    monkeypatch.setattr(p, "cpu_flags", lambda: {"sse2", "avx2"})
+    with pytest.raises(RuntimeError, match="backbone_dtype 'int8' would be slower than fp32 on this CPU"):
+        make_engine(backbone_dtype="int8", device="cpu", allow_slow_precision=False)
+    assert make_engine(backbone_dtype="int8", device="cpu").describe()["backbone_dtype"] == "int8"  # allowed
