@@ -83,6 +83,8 @@ class Engine:
         self.qa_stride = min(b.qa_stride, self.qa_window // 3)
         self.batcher = Batcher(self._run, b.max_batch_tokens, b.max_batch_rows, b.max_wait_ms, b.max_queue_rows, self.m,
                                b.policy, max_adapters=settings.cache.max_device_adapters, max_pass_ms=b.max_pass_ms)
+        first = self.alone.get(next(iter(served_tasks))) or next(iter(served_tasks.values()))
+        self.batcher.calibrate(AdapterStack(None, first), self.pad_id, length=min(256, self.ner_window))
         self.batcher.on_idle = self.cache.collect  # unloaded adapters leave once no queued row needs them
         self.cache.repin = self.batcher.repin  # rows admitted before a reload keep the version they were routed to
         self._prep = FairPrep()  # tokenising, off the event loop, shared fairly between requests (serving/prep.py)

@@ -50,7 +50,7 @@ class Batching(_Strict):
     max_batch_tokens: int = Field(8192, ge=64, description="padded tokens per forward pass")
     max_batch_rows: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
-    max_pass_ms: float | None = Field(250.0, gt=0, description="a pass holds at most about this much work at the "
+    max_pass_ms: float | None = Field(500.0, gt=0, description="a pass holds at most about this much work at the "
                                       "throughput measured so far, so a new request waits about one short pass "
                                       "(null: max_batch_tokens only)")
     max_queue_rows: int = Field(2048, ge=1, description="queued windows beyond which requests get 503")

@@ -1,5 +1,5 @@
-"""Which windows go in the next forward pass: deficit round robin over requests by tokens, passes
-bounded by measured work. Pure scheduling: rows with fake futures, no model."""
+"""Which windows go in the next forward pass: fair queueing over requests by tokens, passes bounded by
+measured work. Pure scheduling: rows with fake futures, no model."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_a_row_longer_than_a_pass_still_runs_alone():
     (None, 250, 8192),  # nothing measured yet: max_batch_tokens
     ((4000, 1.0), 250, 1000),  # 4 000 tokens/s: 250 ms is 1 000 tokens
     ((100_000, 1.0), 250, 8192),  # fast: max_batch_tokens still bounds it
-    ((100, 1.0), 250, 64),  # very slow: never under 64
+    ((1000, 10.0), 250, 64),  # very slow: never under 64
     ((4000, 1.0), None, 8192),  # no time bound
 ])
 def test_a_pass_holds_about_max_pass_ms_of_measured_work(measured, max_pass_ms, want):
@@ -91,6 +91,59 @@ def test_a_pass_holds_about_max_pass_ms_of_measured_work(measured, max_pass_ms, 
     if measured:
         b.speed.add(*measured)
     assert b.pass_tokens() == want
+
+
+def _forward_at(b: Batcher, monkeypatch, tokens: int, seconds: float) -> None:
+    """One pass of ``tokens`` padded tokens through ``b._forward`` that took ``seconds`` by its clock."""
+    import serving.batcher as batcher_module
+
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(batcher_module.time, "perf_counter", lambda: next(clock))
+    b.run = lambda seqs, stacks: [None] * len(seqs)
+    b._forward([Row([1] * tokens, STACK, None, 1)])
+
+
+def test_one_sentence_passes_do_not_drag_the_measured_rate_down(monkeypatch):
+    """Was: every pass counted. A one-sentence pass is mostly fixed cost, so after small traffic the rate
+    read ~30 tokens/s against 8 000 for full passes: the next big request got a 413 for hours of work
+    it would have done in seconds, and passes shrank to 64 tokens."""
+    b = batcher(max_tokens=8192, max_pass_ms=250)
+    _forward_at(b, monkeypatch, 2048, 0.25)  # a full pass: 8 192 tokens/s
+    for _ in range(50):
+        _forward_at(b, monkeypatch, 12, 0.4)  # one short sentence each, 30 tokens/s
+    assert b.speed.tokens_per_s == pytest.approx(8192)
+    assert b.pass_tokens() == 2048
+
+
+@pytest.mark.parametrize("passes, want", [
+    ([], None),  # nothing full yet: unmeasured
+    ([(300, 1.0)], None),  # under 512 tokens and under half of the 8 192 budget
+    ([(600, 1.0)], 600),
+    ([(600, 1.0), (1200, 1.0)], 0.8 * 600 + 0.2 * 1200),  # a moving average
+])
+def test_the_rate_counts_full_passes_only(passes, want):
+    from serving.batcher import Throughput
+
+    t = Throughput()
+    for tokens, seconds in passes:
+        t.add(tokens, seconds, budget=8192)
+    assert t.tokens_per_s == (None if want is None else pytest.approx(want))
+
+
+def test_on_a_slow_machine_passes_of_half_the_budget_still_count():
+    """A machine whose max_pass_ms holds fewer than 512 tokens must keep measuring, or its rate freezes."""
+    from serving.batcher import Throughput
+
+    t = Throughput()
+    t.add(300, 1.0, budget=400)
+    assert t.tokens_per_s == pytest.approx(300)
+
+
+def test_an_engine_has_a_measured_rate_before_its_first_request(make_engine):
+    """Its two calibration passes run before any request, outside the metrics."""
+    eng = make_engine()
+    assert eng.batcher.speed.tokens_per_s is not None and eng.batcher.speed.tokens_per_s > 0
+    assert not eng.m.registry.get_sample_value("madx_tokens_total", {"replica": eng.m.replica})
 
 
 # ---------------------------------------------------------------- tokenising: fair turns, early 413
@@ -162,7 +215,7 @@ def test_work_that_cannot_finish_in_time_is_a_413_before_it_is_all_tokenised(mak
     from serving.limits import RequestError
 
     eng = make_engine(request_timeout_s=2)
-    eng.batcher.speed.add(200, 1.0)  # as if measured: 200 tokens/s, so 400 tokens fit in 2 s
+    eng.batcher.speed.tokens_per_s = 200  # as if measured: 200 tokens/s, so 400 tokens fit in 2 s
     calls = []
     real = prep_module.ner_prep
     monkeypatch.setattr(prep_module, "ner_prep", lambda *a: calls.append(1) or real(*a))
@@ -180,6 +233,6 @@ def test_work_that_cannot_finish_in_time_is_a_413_before_it_is_all_tokenised(mak
 
 def test_work_that_fits_is_not_refused(make_engine):
     eng = make_engine(request_timeout_s=60)
-    eng.batcher.speed.add(200, 1.0)
+    eng.batcher.speed.tokens_per_s = 200
     out = asyncio.run(eng.ner(["The president spoke to reporters in Nairobi."] * 4, "en"))
     assert len(out["results"]) == 4
