@@ -126,3 +126,29 @@ def test_cli_multisource_target_ready_end_to_end(tmp_path, capsys):
         main([*argv[:-6], "--name", "ner-x", "--target-languages", "xh", "--steps", "2"])
     with pytest.raises(SystemExit, match="leave out --train"):
         main([*argv, "--train", str(ner)])
+
+
+def test_cli_multisource_qa_keeps_a_language_s_half_and_holds_out_dev_contexts(tmp_path, capsys):
+    """QA multi-source: ``--train-half sw=test`` trains on only the contexts of that half (by hash, as
+    eval --context-half), and ``--dev-fraction`` holds out each language's contexts as its dev set."""
+    from madx.train.cli import main
+
+    store = tmp_path / "store"
+    common = ["--store", str(store), "--backbone", TINY, "--no-progress", "--batch-size", "2", "--max-len", "64"]
+    assert main(["mlm-head", *common, "--text", str(FIX / "text_sw.txt"), "--steps", "2"]) == 0
+    for lang in ("en", "sw"):
+        assert main(["lang", *common, "--language", lang, "--text", str(FIX / "text_sw.txt"), "--steps", "2"]) == 0
+    qa = FIX / "qa.json"  # two contexts: the first in the dev half (and the 50 % dev split), the second in neither
+    argv = ["task", *common, "--task", "qa", "--name", "qa-multi", "--train-lang", f"en={qa}", f"sw={qa}",
+            "--train-half", "sw=test", "--dev-fraction", "0.5", "--none-share", "1.0", "--dev-adapters", "none",
+            "--stride", "16", "--steps", "4", "--eval-every", "2"]
+    assert main(argv) == 0
+    m = read_manifest(store)["adapters"]["qa-multi"]["metrics"]
+    assert m["dev"]["dev_questions"] == {"en": 2}  # sw's one context left is a training context
+    assert m["multisource"]["windows"]["en"] == m["multisource"]["windows"]["sw"] > 0  # both train on the second
+    assert len(m["dev_curve"]) == 2
+    with pytest.raises(SystemExit, match="no training question left"):  # sw's dev-half context goes to dev
+        main([*argv[:argv.index("--train-half")], "--train-half", "sw=dev", *argv[argv.index("--dev-fraction"):],
+              "--name", "qa-x"])
+    with pytest.raises(SystemExit, match="must look like LANG=dev"):
+        main([*argv, "--name", "qa-y", "--train-half", "sw=half"])

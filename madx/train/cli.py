@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--drop-types", nargs="*", default=[], help="entity types trained as O (e.g. DATE)")
     ms.add_argument("--dev-lang", nargs="*", default=[], metavar="LANG=PATH",
                     help="NER dev files, each scored under its own language adapter (dev score: their mean F1)")
+    ms.add_argument("--train-half", nargs="*", default=[], metavar="LANG=dev|test",
+                    help="QA: train on only this half of a language's contexts (by hash, as eval --context-half)")
     ms.add_argument("--dev-adapters", choices=("own", "none"), default="own",
                     help="score each dev file under its language's adapter, or under none (a task adapter served alone)")
     p.add_argument("--exclude-squad", nargs="*", default=[], type=Path, help="drop training questions whose ids are in these")
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="start from this finished task adapter of the store (same architecture)")
     p.add_argument("--dev", type=Path, default=None, help="NER: CoNLL dev file scored during training")
     p.add_argument("--dev-fraction", type=float, default=0.0,
-                   help="QA: hold out this share of the training contexts as the dev set")
+                   help="QA: hold out this share of the training contexts as the dev set (of each language's, with --train-lang)")
     p.add_argument("--dev-max", type=int, default=1000, help="score at most this many dev sentences/questions")
     p.add_argument("--eval-every", type=int, default=0, help="score the dev set every N steps (0: only at the end)")
     p.add_argument("--patience", type=int, default=None,

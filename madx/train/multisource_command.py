@@ -7,7 +7,10 @@ each batch through its own language's adapter, a target language's adapter or no
         --target-share 0.2 --none-share 0.2 --dev-lang zu=dev-zul.txt sw=dev-sw.tsv --epochs 2
 
 With a dev set per language (``--dev-lang``, each scored under its own language's adapter) the dev
-score is their mean F1; the best-scoring weights are kept, as in single-source training.
+score is their mean F1; the best-scoring weights are kept, as in single-source training. QA takes
+SQuAD-format files; ``--train-half sw=dev`` keeps one half of a language's contexts (the halves of
+``eval --context-half``), and ``--dev-fraction`` holds out that share of each language's contexts as
+its dev set (the dev score: their mean F1).
 """
 
 from __future__ import annotations
@@ -27,10 +30,44 @@ def _ner_file(paths: list[Path], labels: tuple[str, ...], drop: set[str]) -> Ner
     return NerFile(sents, labels)
 
 
+def _halves(items: list[str]) -> dict[str, bool]:
+    """``LANG=dev|test`` -> {language: keep the dev half}."""
+    out = {}
+    for it in items:
+        lang, _, half = it.partition("=")
+        if not lang or half not in ("dev", "test"):
+            raise SystemExit(f"--train-half {it!r} must look like LANG=dev or LANG=test")
+        out[lang] = half == "dev"
+    return out
+
+
+def _qa_sources(args, by_lang: dict[str, list[Path]]) -> tuple[dict[str, list], dict[str, list]]:
+    """(training, dev) QA examples by language: excluded contexts dropped, a language's ``--train-half``
+    kept, then ``--dev-fraction`` of each language's contexts held out (by hash) as its dev set."""
+    from .corpus import heldout
+    from .train_commands import _dev_split
+
+    halves = _halves(args.train_half)
+    unknown = sorted(set(halves) - set(by_lang))
+    if unknown:
+        raise SystemExit(f"--train-half names {unknown}, which --train-lang does not")
+    skip = {q.context for p in args.exclude_squad for q in read_squad(p)}
+    train, dev = {}, {}
+    for lg, ps in by_lang.items():
+        qa = [q for p in ps for q in read_squad(p) if q.context not in skip
+              and (lg not in halves or heldout(q.context, 50) == halves[lg])]  # heldout(c, 50): the dev half
+        train[lg], dev[lg] = _dev_split(qa, args.dev_fraction) if args.dev_fraction else (qa, [])
+        dev[lg] = dev[lg][:args.dev_max]
+        if not train[lg]:
+            raise SystemExit(f"--train-lang {lg}: no training question left (after --exclude-squad, --train-half "
+                             "and --dev-fraction)")
+    return train, {lg: d for lg, d in dev.items() if d}
+
+
 def cmd_task_multisource(args) -> int:
     from ..artifacts import load_store, read_manifest
     from .data import file_provenance
-    from .evaluate import evaluate_ner
+    from .evaluate import evaluate_ner, evaluate_qa
     from .loop import fit
     from .mixture import Mixture, MixtureConfig, language_probabilities
     from .task_steps import mixture_step_fn, ner_loss, ner_train_features, qa_loss, qa_train_windows
@@ -42,7 +79,11 @@ def cmd_task_multisource(args) -> int:
     mix = MixtureConfig(args.temperature, args.target_share, args.none_share)
     langs = list(dict.fromkeys(lang for lang, _ in sources))
     dev_own = args.dev_adapters == "own"
-    needed = sorted(({*langs} if mix.shares[0] > 0 else set()) | (set(args.target_languages) if mix.target_share else set())
+    if args.task == "ner" and (args.train_half or args.dev_fraction):
+        raise SystemExit("--train-half and --dev-fraction split QA contexts; NER takes --dev-lang")
+    qa_dev = args.task == "qa" and args.dev_fraction > 0
+    needed = sorted(({*langs} if mix.shares[0] > 0 or (qa_dev and dev_own) else set())
+                    | (set(args.target_languages) if mix.target_share else set())
                     | ({lg for lg, _ in dev} if dev_own else set()))
     entries = read_manifest(args.store)["adapters"] if (args.store / "manifest.json").exists() else {}
     missing = [n for n in needed if n not in entries or entries[n]["kind"] != "language"]
@@ -57,9 +98,8 @@ def cmd_task_multisource(args) -> int:
                     for lg, ps in by_lang.items()}
         cfg_a, loss = AdapterConfig.task(args.name, "ner", NER_LABELS, reduction_factor=args.reduction_factor), ner_loss
     else:
-        skip = {q.context for p in args.exclude_squad for q in read_squad(p)}
-        examples = {lg: qa_train_windows(tok, [q for p in ps for q in read_squad(p) if q.context not in skip],
-                                         args.max_len, args.stride) for lg, ps in by_lang.items()}
+        qa, dev_qa = _qa_sources(args, by_lang)
+        examples = {lg: qa_train_windows(tok, x, args.max_len, args.stride) for lg, x in qa.items()}
         cfg_a, loss = AdapterConfig.task(args.name, "qa", reduction_factor=args.reduction_factor), qa_loss
     sizes = {lg: len(x) for lg, x in examples.items()}
     per_epoch = max(1, sum(sizes.values()) // args.batch_size)
@@ -73,7 +113,21 @@ def cmd_task_multisource(args) -> int:
           f"own/target/none {mix.shares}; p(language): " + ", ".join(f"{lg} {p:.3f}" for lg, p in probs.items()))
     dev_info: dict[str, Any] = {}
     evaluate = None
-    if dev:
+    if args.task == "qa" and dev_qa:
+        dev_info = {"dev": f"{args.dev_fraction:.0%} of each language's training contexts (by hash)",
+                    "dev_questions": {lg: len(d) for lg, d in dev_qa.items()},
+                    "train_half": args.train_half,
+                    "metric": "mean SQuAD F1 over languages, each under "
+                              + ("its own language adapter" if dev_own else "no language adapter")}
+
+        def evaluate() -> float:
+            model.eval()
+            try:
+                return sum(evaluate_qa(model, tok, AdapterStack(lg if dev_own else None, args.name), d, 384, args.stride,
+                                       blind=False)["f1"] for lg, d in dev_qa.items()) / len(dev_qa)
+            finally:
+                model.train()
+    elif dev:
         if args.task != "ner":
             raise SystemExit("--dev-lang scores NER dev files; QA multi-source training has no dev set yet")
         dev_sets = []
@@ -97,7 +151,8 @@ def cmd_task_multisource(args) -> int:
     prov = file_provenance([p for _, p in sources])
     ident = {"command": "task", "name": args.name, "adapter": repr(cfg_a), "data": prov, "dev": dev_info,
              "mixture": {"temperature": mix.temperature, "target_share": mix.target_share, "none_share": mix.none_share,
-                         "targets": list(args.target_languages), "sources": sizes}}
+                         "targets": list(args.target_languages), "sources": sizes},
+             **({"train_half": args.train_half} if args.train_half else {})}
     res = fit(dict(mod.named_parameters()), mixture_step_fn(model, tok, examples, mixture, args.name, loss), cfg,
               _checkpoint(args, args.name), ident, f"task {args.name}", not args.no_progress, evaluate=evaluate,
               eval_every=args.eval_every, patience=args.patience)
