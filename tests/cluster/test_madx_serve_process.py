@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import socket
 import time
 
@@ -41,6 +42,11 @@ class Terminal:
         exe = shutil.which("madx-serve")
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: exec at once, nothing else
+            # as a shell does for a job it runs in the foreground: Ctrl-C and Ctrl-\ at their defaults
+            # (a suite started in the background, `cmd &` without job control, ignores both, and an
+            # ignored signal stays ignored across exec)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGQUIT, signal.SIG_DFL)
             os.execve(exe, [exe, *args], env)
         self.out = b""
 
