@@ -121,6 +121,18 @@ def test_cli_multisource_target_ready_end_to_end(tmp_path, capsys):
     assert ms["shares"] == pytest.approx({"own": 0.5, "target": 0.3, "none": 0.2}) and ms["targets"] == ["zu"]
     assert ms["windows"]["en"] == ms["windows"]["sw"] > 0 and ms["p_language"] == {"en": 0.5, "sw": 0.5}
     assert len(m["dev_curve"]) == 2 and set(m["dev"]["dev"]) == {"zu", "sw"}
+    # target-ready training can start from the adapter trained alone: at lr 0 it stays that adapter
+    from safetensors.torch import load_file
+
+    assert main([*argv[:argv.index("--steps")], "--steps", "1", "--name", "ner-warm", "--init-from", "ner-multi",
+                 "--lr", "0"]) == 0
+    warm, src = (load_file(store / n / "adapter.safetensors") for n in ("ner-warm", "ner-multi"))
+    assert len(warm) == len(src) > 0 and all(torch.equal(a, b) for a, b in zip(
+        (warm[k] for k in sorted(warm)), (src[k] for k in sorted(src)), strict=True))
+    assert read_manifest(store)["adapters"]["ner-warm"]["metrics"]["init_from"] == "ner-multi"
+    with pytest.raises(SystemExit, match="same architecture needed"):
+        main([*argv[:argv.index("--steps")], "--steps", "1", "--name", "ner-warm2", "--init-from", "ner-multi",
+              "--reduction-factor", "2"])
     # an adapter the store lacks is named before anything is trained
     with pytest.raises(SystemExit, match=r"no language adapter \['xh'\]"):
         main([*argv[:-6], "--name", "ner-x", "--target-languages", "xh", "--steps", "2"])

@@ -71,10 +71,10 @@ def cmd_task_multisource(args) -> int:
     from .loop import fit
     from .mixture import Mixture, MixtureConfig, language_probabilities
     from .task_steps import mixture_step_fn, ner_loss, ner_train_features, qa_loss, qa_train_windows
-    from .train_commands import NER_LABELS, _cfg, _checkpoint, _finish, load_model
+    from .train_commands import NER_LABELS, _cfg, _checkpoint, _finish, load_model, warm_start
 
-    if args.train or args.lang_adapter or args.init_from:
-        raise SystemExit("--train-lang trains on several languages: leave out --train, --lang-adapter and --init-from")
+    if args.train or args.lang_adapter:
+        raise SystemExit("--train-lang trains on several languages: leave out --train and --lang-adapter")
     sources, dev = lang_paths(args.train_lang, "--train-lang"), lang_paths(args.dev_lang, "--dev-lang")
     mix = MixtureConfig(args.temperature, args.target_share, args.none_share)
     langs = list(dict.fromkeys(lang for lang, _ in sources))
@@ -146,13 +146,14 @@ def cmd_task_multisource(args) -> int:
                                         drop_types=("DATE", "MISC"))["f1"] for lg, d in dev_sets) / len(dev_sets)
             finally:
                 model.train()
-    mod = model.add_adapter(cfg_a)
+    mod = warm_start(model, args, cfg_a) if args.init_from else model.add_adapter(cfg_a)
     model.train()
     prov = file_provenance([p for _, p in sources])
     ident = {"command": "task", "name": args.name, "adapter": repr(cfg_a), "data": prov, "dev": dev_info,
              "mixture": {"temperature": mix.temperature, "target_share": mix.target_share, "none_share": mix.none_share,
                          "targets": list(args.target_languages), "sources": sizes},
-             **({"train_half": args.train_half} if args.train_half else {})}
+             **({"train_half": args.train_half} if args.train_half else {}),
+             **({"init_from": args.init_from} if args.init_from else {})}
     res = fit(dict(mod.named_parameters()), mixture_step_fn(model, tok, examples, mixture, args.name, loss), cfg,
               _checkpoint(args, args.name), ident, f"task {args.name}", not args.no_progress, evaluate=evaluate,
               eval_every=args.eval_every, patience=args.patience)
@@ -164,4 +165,4 @@ def cmd_task_multisource(args) -> int:
         "multisource": {"windows": sizes, "p_language": {k: round(v, 4) for k, v in probs.items()},
                         "shares": dict(zip(("own", "target", "none"), mix.shares, strict=True)),
                         "temperature": mix.temperature, "targets": list(args.target_languages)},
-        "init_from": None, "windows": sum(sizes.values())})
+        "init_from": args.init_from, "windows": sum(sizes.values())})

@@ -237,6 +237,22 @@ def _dev_split(examples, fraction: float):
     return [ex for ex in examples if not dev(ex)], [ex for ex in examples if dev(ex)]
 
 
+def warm_start(model, args, cfg_a):
+    """The task adapter ``args.name``, starting from the finished adapter ``args.init_from`` of the store
+    (e.g. more epochs in a later session, or target-ready training from the adapter trained alone)."""
+    from ..artifacts import load_adapter, read_manifest
+
+    entries = read_manifest(args.store)["adapters"]
+    if args.init_from not in entries:
+        raise SystemExit(f"--init-from {args.init_from!r} is not in {args.store}; has: {sorted(entries)}")
+    got = load_adapter(model, args.store / entries[args.init_from]["path"], name=args.name,
+                       expected_sha256=entries[args.init_from]["sha256"])
+    if got != cfg_a:
+        model.remove_adapter(args.name)
+        raise SystemExit(f"--init-from {args.init_from!r} is {got}; this run trains {cfg_a} (same architecture needed)")
+    return model.adapters[args.name]
+
+
 def cmd_task(args) -> int:
     if args.train_lang:
         from .multisource_command import cmd_task_multisource
@@ -296,20 +312,7 @@ def cmd_task(args) -> int:
         args.steps = max(1, round(args.epochs * per_epoch))
     print(f"{args.name}: {len(examples)} training windows, {per_epoch} steps per epoch, {args.steps} steps"
           + (f", dev: {dev_info}" if dev_info else ""))
-    if args.init_from:  # warm start (e.g. more epochs in a later session) from a finished adapter
-        from ..artifacts import load_adapter, read_manifest
-
-        entries = read_manifest(args.store)["adapters"]
-        if args.init_from not in entries:
-            raise SystemExit(f"--init-from {args.init_from!r} is not in {args.store}; has: {sorted(entries)}")
-        got = load_adapter(model, args.store / entries[args.init_from]["path"], name=args.name,
-                           expected_sha256=entries[args.init_from]["sha256"])
-        if got != cfg_a:
-            model.remove_adapter(args.name)
-            raise SystemExit(f"--init-from {args.init_from!r} is {got}; this run trains {cfg_a} (same architecture needed)")
-        mod = model.adapters[args.name]
-    else:
-        mod = model.add_adapter(cfg_a)
+    mod = warm_start(model, args, cfg_a) if args.init_from else model.add_adapter(cfg_a)
     model.train()
     cfg = _cfg(args)
     step_fn = (ner_step_fn if args.task == "ner" else qa_step_fn)(model, tok, examples, stack, cfg)
