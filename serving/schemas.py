@@ -12,9 +12,10 @@ def _surrogate(v: object) -> tuple[int, str] | None:
     A lone surrogate is not Unicode text: it cannot be UTF-8 encoded, tokenised or echoed."""
     for s in v if isinstance(v, list) else [v]:
         if isinstance(s, str):
-            for i, ch in enumerate(s):
-                if 0xD800 <= ord(ch) <= 0xDFFF:
-                    return i, ch
+            try:  # UTF-8 refuses exactly the surrogates, at C speed (a Python loop took 70 ms per MB)
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return e.start, s[e.start]
     return None
 
 

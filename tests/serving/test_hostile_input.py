@@ -55,6 +55,21 @@ def test_lone_surrogates_are_422(engine, path, body):
     assert "surrogate" in r.json()["error"] or "\\ud800" in r.json()["error"]
 
 
+@pytest.mark.parametrize("value, where", [
+    ("ok", None),
+    ("", None),
+    ("a\ud800", (1, "\ud800")),
+    ("\U0001F600\u00e9\udc00x", (2, "\udc00")),  # indexes count code points, a non-BMP character is one
+    (["fine", "\u4e2d\udfffz"], (1, "\udfff")),  # the index within the item that holds it
+    (["x" * 100_000 + "\ud800"], (100_000, "\ud800")),
+    (7, None),
+])
+def test_the_first_lone_surrogate_is_found_with_its_index(value, where):
+    from serving.schemas import _surrogate
+
+    assert _surrogate(value) == where
+
+
 def test_a_long_bad_value_is_echoed_short(engine):
     r = call(engine, "POST", "/v1/ner", json={"text": 12345, "language": "x" * 20000})
     assert r.status_code == 422 and len(r.text) < 2000, len(r.text)

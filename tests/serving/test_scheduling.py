@@ -231,8 +231,41 @@ def test_work_that_cannot_finish_in_time_is_a_413_before_it_is_all_tokenised(mak
         assert len(calls) < 40 / 2, len(calls)  # stopped long before the 40 texts were all tokenised
 
 
-def test_work_that_fits_is_not_refused(make_engine):
+def test_clearly_hopeless_work_is_refused_from_a_sample_before_any_word_splitting(make_engine, monkeypatch):
+    """Was: the first chunk was split into words and windowed before the estimate (one 20 000-character
+    text: ~90 ms that every other request waited behind on the prep thread)."""
+    import serving.prep as prep_module
+    from serving.limits import RequestError
+
+    eng = make_engine(request_timeout_s=2)
+    eng.batcher.speed.tokens_per_s = 200
+    calls = []
+    monkeypatch.setattr(prep_module, "ner_prep", lambda *a: calls.append(1))
+    text = "The president spoke to reporters in the capital yesterday evening. " * 250  # 16 750 chars
+    with pytest.raises(RequestError) as e:
+        asyncio.run(eng.ner([text] * 8, "en"))
+    assert e.value.status == 413 and "request_timeout_s 2" in str(e.value)
+    assert calls == [] and eng.batcher.queued == 0
+
+
+@pytest.mark.parametrize("texts", [
+    ["The president spoke to reporters in Nairobi."] * 4,  # one chunk: counted, never sampled
+    ["The president spoke to reporters in Nairobi. " * 45] * 3,  # 3 chunks of ~2 000 chars: sampled first
+])
+def test_work_that_fits_is_not_refused(make_engine, texts):
     eng = make_engine(request_timeout_s=60)
     eng.batcher.speed.tokens_per_s = 200
-    out = asyncio.run(eng.ner(["The president spoke to reporters in Nairobi."] * 4, "en"))
-    assert len(out["results"]) == 4
+    out = asyncio.run(eng.ner(texts, "en"))
+    assert len(out["results"]) == len(texts)
+
+
+@pytest.mark.parametrize("texts, size, chars", [
+    (["abc def"], 100, 7),
+    (["a" * 50, "b" * 50, "c" * 50], 80, 80),  # the first 80 characters, text by text
+    ([], 100, 0),
+])
+def test_the_sample_is_the_first_characters_text_by_text(engine, texts, size, chars):
+    from serving.prep import sample_tokens
+
+    n, c = sample_tokens(engine.tok, texts, size)
+    assert c == chars and (n > 0) == (chars > 0)
