@@ -371,3 +371,33 @@ def test_report_compares_rows_on_the_same_targets_with_their_spread(tmp_path, ca
     assert "| (b) | 20.0 | – | – | – | 20.0 | – |" in text
     assert "(c) − (a), mean over the unseen targets: +4.0 (per seed: +6.0, +2.0)" in text
     assert "(b) − (a), mean over the unseen targets: -10.0 (per seed: -10.0)" in text
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_training_in_one_line_even_when_started_in_the_background(capsys, sig):
+    """Was: a run started with `cmd &` inherits SIGINT ignored, so Ctrl-C's signal (and `pkill -INT`)
+    did nothing, and SIGTERM killed it without a word."""
+    import os
+    import signal
+    import time
+
+    from madx.train.cli import stoppable
+
+    ran = []
+
+    def work():
+        os.kill(os.getpid(), getattr(signal, sig))
+        for _ in range(200):  # a training loop: the signal lands between two steps
+            time.sleep(0.01)
+        ran.append("finished")
+        return 0
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+    try:
+        assert stoppable(work) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # handlers restored afterwards
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert ran == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"madx-train: stopped ({sig}); the last checkpoint is kept: the same command resumes"]

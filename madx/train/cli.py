@@ -14,13 +14,17 @@ Every training command shows a progress bar (loss, tokens/s, ETA), checkpoints t
 ``<store>/.checkpoints/`` and resumes from there when re-run with the same arguments, and obeys
 ``--steps`` / ``--max-minutes``. A run stopped by ``--max-minutes`` keeps its checkpoint, writes no
 artifact until it is finished, and exits with code 3. Every artifact records the command that made
-it, which is how a recipe knows a step is done.
+it, which is how a recipe knows a step is done. Ctrl-C or SIGTERM stops a run in one line (exit 130),
+also when it was started in the background, where the shell ignores Ctrl-C's signal; the last
+checkpoint stays, so the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import evidence, recipe_run
@@ -202,10 +206,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in the artifacts: a recipe compares it with its steps
     try:
-        return args.fn(args)
+        return stoppable(args.fn, args)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def stoppable(fn, *args) -> int:
+    """``fn(*args)``, stopped by SIGINT or SIGTERM with one line and exit code 130. A job started with
+    ``cmd &`` inherits SIGINT ignored (so Ctrl-C's signal did nothing) and SIGTERM ended it without a
+    word; both now raise KeyboardInterrupt at the next Python instruction, between two steps' tensors.
+    Checkpoints are written atomically (madx/train/loop.py), so the last one is whole."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return fn(*args)
+    except KeyboardInterrupt as e:
+        why = f" ({e.args[0]})" if e.args else ""
+        print(f"madx-train: stopped{why}; the last checkpoint is kept: the same command resumes", file=sys.stderr)
+        return 130
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":
