@@ -19,8 +19,11 @@ TINY = "tiny-xlmr-0+xlmr"
 TEXT, NER = str(FIX / "text_sw.txt"), str(FIX / "ner_en.conll")
 
 
-def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3") -> dict:
+def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3", with_eval: bool = False) -> dict:
     langs = ["sw", "yo", *(["rw"] if extra_lang else [])]
+    dev = {"test": [f"sw={NER}"], "max-examples": 5, "backbone-dtype": "fp32", "seed-label": 0}
+    evals = [{"eval": "dev-madx", "with": {**dev, "task-adapter": "ner-madx", "row": "madx"}},
+             {"eval": "dev-alone", "with": {**dev, "task-adapter": "ner-alone", "row": "alone", "no-lang-adapter": True}}]
     return {
         "backbone": TINY,
         "options": {"small": {"batch-size": 2, "max-len": 32, "steps": 2, "save-dtype": "float16"},
@@ -33,6 +36,7 @@ def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3") -> dict:
             {"evidence": "evidence", "with": {"tasks": ["ner"], "task-adapter": ["ner=ner-madx"], "alone": ["ner=ner-alone"],
                                               "ner-dev": [f"sw={NER}", f"yo={NER}"], "max-dev": 5, "resamples": 50,
                                               "backbone-dtype": "fp32"}},
+            *(evals if with_eval else []),
         ],
         "ship": {"languages": ["sw", "yo"], "tasks": {"ner": "ner-madx", "ner-alone": "ner-alone"}},
     }
@@ -100,10 +104,36 @@ def test_a_step_made_differently_is_refused_and_new_adapters_re_measure_the_evid
     grown = write(tmp_path, tiny_recipe(extra_lang=True), "grown.yaml")
     assert run(grown, store, "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "lang rw: would run" in out and "evidence evidence: would re-measure (earlier steps add adapters)" in out
+    assert "lang rw: would run" in out and "evidence evidence: would re-measure (earlier steps add adapters it measures: rw)" in out
     assert run(grown, store) == 0
-    assert "evidence evidence: re-measures (the store's adapters changed" in capsys.readouterr().out
+    assert "evidence evidence: re-measures (adapters it measures changed since it was measured: rw)" in capsys.readouterr().out
     assert "rw" in read_manifest(store)["routing"]["adapters"]
+
+
+def test_an_evaluation_is_re_measured_only_when_an_adapter_it_runs_changes(tmp_path, capsys):
+    """Was: every evaluation of a store was re-run whenever any adapter was added to it (a store that
+    grows over sessions re-ran all of its dev rows each time)."""
+    store = tmp_path / "store"
+    assert run(write(tmp_path, tiny_recipe(with_eval=True)), store) == 0
+    capsys.readouterr()
+    grown = write(tmp_path, tiny_recipe(extra_lang=True, with_eval=True), "grown.yaml")
+    assert run(grown, store, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "eval dev-madx: done (matches the recipe)" in out and "eval dev-alone: done (matches the recipe)" in out
+    assert "evidence evidence: would re-measure" in out  # the evidence measures every language: rw too
+    # the task adapter dev-madx runs is retrained (removed, made again with another seed): it alone is re-measured
+    r = tiny_recipe(extra_lang=True, with_eval=True)
+    r["steps"][4]["with"]["seed"] = 1
+    import shutil
+
+    shutil.rmtree(store / "ner-madx")
+    m = json.loads((store / "manifest.json").read_text())
+    del m["adapters"]["ner-madx"]
+    (store / "manifest.json").write_text(json.dumps(m))
+    assert run(write(tmp_path, r, "reseeded.yaml"), store) == 0
+    out = capsys.readouterr().out
+    assert "eval dev-madx: re-measures (adapters it measures changed since it was measured: ner-madx)" in out
+    assert "eval dev-alone: done (matches the recipe)" in out
 
 
 @pytest.mark.parametrize("recipe, message", [

@@ -251,6 +251,25 @@ def status(parser: argparse.ArgumentParser, recipe: Recipe, step: Step, store: P
              else _legacy(step, recipe, rec))
     if diffs:
         return ("differs" if step.run in TRAINED or step.run == "derive" else "stale"), diffs
-    if step.run in ("evidence", "eval") and rec.get("adapters") not in (None, adapter_checksums(store)):
-        return "stale", ["the store's adapters changed since it was measured"]
+    if step.run in ("evidence", "eval") and rec.get("adapters") is not None:
+        uses = measured_adapters(parser, recipe, step, store, data)
+        now, then = adapter_checksums(store), rec["adapters"]
+        changed = sorted(n for n in set(now) | set(then) if (uses is None or n in uses) and now.get(n) != then.get(n))
+        if changed:
+            return "stale", [f"adapters it measures changed since it was measured: {', '.join(changed)}"]
     return "done", []
+
+
+def measured_adapters(parser: argparse.ArgumentParser, recipe: Recipe, step: Step, store: Path,
+                      data: Path) -> set[str] | None:
+    """The adapters an evaluation step runs (its task adapter and the language adapters of its
+    targets), so that adding an unrelated adapter to the store does not re-measure it; None (all of
+    them) for routing evidence, which measures every route of every served language."""
+    if step.run != "eval":
+        return None
+    a = parse(parser, step_argv(recipe, step, store, data))
+    langs: set[str] = set()
+    if not a["no_lang_adapter"]:
+        langs = ({a["fixed_lang_adapter"]} if a["fixed_lang_adapter"] else
+                 {t.split("=", 1)[0].split("-")[0] + a["lang_suffix"] for t in a["test"]})
+    return {a["task_adapter"], *langs}

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .recipe import RESULTS_DIR, Recipe, RecipeError, adapter_checksums, load_recipe, parse, status, step_argv
+from .recipe import (RESULTS_DIR, Recipe, RecipeError, adapter_checksums, load_recipe, measured_adapters, parse,
+                     status, step_argv)
 from .train_commands import STOPPED
 
 DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "default_store"
@@ -81,7 +82,7 @@ def run(args) -> int:
         except RecipeError as e:
             print(f"error: step {i} ({step.run} {step.name}): {e}", file=sys.stderr)
             return 2
-    ran_eval = adds = False  # adds: a dry run would add adapters before the later steps
+    ran_eval, adds = False, set()  # adds: the adapters a dry run would add before the later steps
     for i, step in enumerate(recipe.steps, 1):
         try:
             argv = step_argv(recipe, step, store, data)
@@ -89,9 +90,12 @@ def run(args) -> int:
         except (RecipeError, KeyError, json.JSONDecodeError) as e:
             print(f"error: step {i} ({step.run} {step.name}): {e}", file=sys.stderr)
             return 2
-        if state == "done" and adds and step.run in ("evidence", "eval"):
-            state, why = "stale", ["earlier steps add adapters"]
-        adds |= state == "todo" and step.run in ("lang", "derive", "task")
+        uses = measured_adapters(parser, recipe, step, store, data) if step.run in ("evidence", "eval") else None
+        added = sorted(adds if uses is None else adds & uses)
+        if state == "done" and added and step.run in ("evidence", "eval"):
+            state, why = "stale", [f"earlier steps add adapters it measures: {', '.join(added)}"]
+        if state == "todo" and step.run in ("lang", "derive", "task"):
+            adds.add(step.name)
         if state == "done":
             _line(i, n, step, "done (matches the recipe)")
             continue
