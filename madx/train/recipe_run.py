@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .recipe import (RESULTS_DIR, Recipe, RecipeError, adapter_checksums, load_recipe, measured_adapters, parse,
-                     status, step_argv)
+from .recipe import RESULTS_DIR, Recipe, RecipeError, adapter_checksums, load_recipe, measured_adapters, parse, status, step_argv
 from .train_commands import STOPPED
 
 DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "default_store"
