@@ -109,8 +109,9 @@ def cmd_task_multisource(args) -> int:
     mixture = Mixture({lg: [len(e.input_ids) for e in x] for lg, x in examples.items()}, {lg: lg for lg in langs},
                       args.target_languages, mix, args.batch_size, args.seed, args.steps)
     probs = language_probabilities(sizes, args.temperature)
+    shares = " / ".join(f"{x:.2f}" for x in mix.shares)
     print(f"{args.name}: {sum(sizes.values())} windows in {len(langs)} languages, {args.steps} steps; adapter shares "
-          f"own/target/none {' / '.join(f'{x:.2f}' for x in mix.shares)}; p(language): " + ", ".join(f"{lg} {p:.3f}" for lg, p in probs.items()))
+          f"own/target/none {shares}; p(language): " + ", ".join(f"{lg} {p:.3f}" for lg, p in probs.items()))
     dev_info: dict[str, Any] = {}
     evaluate = None
     if args.task == "qa" and dev_qa:
