@@ -14,6 +14,8 @@ Route names: ``madx`` (the language's own adapter under the task adapter), ``tas
 ``english`` (the source language's adapter: the stack the task adapter was trained on),
 ``related:<code>`` (a related language's adapter) and ``ensemble:<a>+<b>...`` (each row run once
 per listed language adapter in the same forward pass, outputs averaged; Wang et al. 2021, EMEA).
+An ensemble member ``none`` is the stacked task adapter under no language adapter (``ensemble:zu+none``:
+a target-ready task adapter with and without the language's adapter; one task adapter, so one label set).
 
 ``choose`` takes, in order: an explicit override; the best measured route of the language (ties go to
 the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong). Where the evidence has a
@@ -34,6 +36,7 @@ from typing import Any
 from madx.config import AdapterStack
 
 PREFERENCE = ("task_only", "madx", "english", "related", "ensemble")
+NONE = "none"  # an ensemble member: no language adapter
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,16 @@ def stacks_for(route: str, language: str | None, task: str, source: str, served:
         langs = [route.split(":", 1)[1]]
     elif route.startswith("ensemble:"):
         langs = [x for x in route.split(":", 1)[1].split("+") if x]
-        if len(langs) < 2:
-            raise RouteError(f"route {route!r}: an ensemble needs at least two language adapters ('ensemble:a+b')")
+        if len(langs) < 2 or len(set(langs)) < len(langs):
+            raise RouteError(f"route {route!r}: an ensemble needs at least two different members, language adapters "
+                             f"or '{NONE}' ('ensemble:a+b', 'ensemble:a+{NONE}')")
     else:
         raise RouteError(f"route {route!r} is unknown; use task_only, madx, english, related:<code> or "
                          f"ensemble:<a>+<b>")
-    missing = [x for x in langs if x not in served]
+    missing = [x for x in langs if x not in served and not (x == NONE and route.startswith("ensemble:"))]
     if missing:
         raise RouteError(f"route {route!r} needs language adapters {missing}, which are not served")
-    return tuple(AdapterStack(x, task) for x in langs)
+    return tuple(AdapterStack(None if x == NONE else x, task) for x in langs)
 
 
 def _rank(route: str) -> int:

@@ -55,7 +55,8 @@ class StackRequest(_In):
     """The adapter stack a request asks for, instead of the route the server would choose."""
     route: str | None = Field(None, max_length=140, pattern=r"^(task_only|madx|english|related:[A-Za-z0-9_-]{1,64}|"
                               r"ensemble:[A-Za-z0-9_-]{1,64}(\+[A-Za-z0-9_-]{1,64})+)$",
-                              description="task_only, madx, english, related:<code> or ensemble:<a>+<b>")
+                              description="task_only, madx, english, related:<code> or ensemble:<a>+<b> (a member "
+                              "may be 'none': the task adapter without a language adapter)")
     language_adapter: str | None = Field(None, pattern=NAME, description="a served language adapter (omit: none)")
     task_adapter: str | None = Field(None, pattern=NAME, description="a served task adapter of this task "
                                      "(omit: the task's own)")

@@ -5,10 +5,11 @@ For each language adapter L of the store (its manifest language), and each langu
 but no adapter, on L's dev data (``corpus.NER_DEV`` / ``QA_DEV``, or ``--ner-dev`` / ``--qa-dev``), or on
 its related language's dev data where L has none: ``madx`` (L + task), ``task_only`` (the task
 adapter trained alone, which the server's ``task_only`` route runs), ``english`` (the source adapter
-+ task), ``related:R`` (R = ``corpus.RELATED[L]``) and ``ensemble:L+R``. Routes whose adapters the
-store lacks are skipped. Each route gets a paired bootstrap of its difference to ``task_only`` over
-the dev sentences (NER) or questions (QA): the server serves a route with more adapters only when
-it wins beyond that noise. The default route for languages without evidence (``task_only`` or
++ task), ``related:R`` (R = ``corpus.RELATED[L]``), ``ensemble:L+R`` and ``ensemble:L+none`` (the
+stacked task adapter with and without L's adapter). Routes whose adapters the store lacks are
+skipped. Each route gets a paired bootstrap of its difference to ``task_only`` over the dev sentences
+(NER) or questions (QA): the server serves a route with more adapters only when it wins beyond that
+noise. The default route for languages without evidence (``task_only`` or
 ``english``) is the best on average over the measured languages the backbone did not see in
 pre-training, ``english`` only when it beats ``task_only`` beyond the noise of a bootstrap stratified
 by language. Dev splits only: nothing here reads a test file.
@@ -59,7 +60,7 @@ def cmd_evidence(args) -> int:
     with torch.inference_mode():
         for lang in sorted(served | with_dev):
             rel = corpus.RELATED.get(lang)
-            routes = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}"]
+            routes = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}", f"ensemble:{lang}+none"]
             for task in args.tasks:
                 name, table = names.get(task), dev_tables[task]
                 if name not in m["adapters"]:

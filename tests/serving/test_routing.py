@@ -27,8 +27,11 @@ ROUTING = {
     # the best measured route wins, even when it is not MAD-X
     ("ner", "sw", {}, "task_only", [(None, "ner")], "best of 4 measured routes on its own dev data (F1 63.0)"),
     ("qa", "sw", {}, "madx", [("sw", "qa")], "(F1 70.0, task_only 66.0)"),
-    # an ensemble runs each listed adapter
+    # an ensemble runs each listed adapter; 'none' is the stacked task adapter without a language adapter
     ("ner", "yo", {}, "ensemble:yo+sw", [("yo", "ner"), ("sw", "ner")], "F1 44.5"),
+    ("ner", "sw", {"sw": "ensemble:sw+none"}, "ensemble:sw+none", [("sw", "ner"), (None, "ner")], "override"),
+    ("ner", "de", {"de": "ensemble:none+rw+sw"}, "ensemble:none+rw+sw", [(None, "ner"), ("rw", "ner"), ("sw", "ner")],
+     "override"),
     # a tie goes to the simpler route; a route needing an unserved adapter is never chosen
     ("ner", "rw", {}, "task_only", [(None, "ner")], "on sw's dev data"),
     # no evidence for the language, or no language: the best route on average over unseen languages
@@ -56,6 +59,8 @@ def test_no_evidence_and_no_default_leaves_the_older_rules():
 
 @pytest.mark.parametrize("route, message", [
     ("ensemble:sw", "at least two"), ("related:de", "not served"), ("madx", "not served"), ("magic", "unknown"),
+    ("ensemble:sw+sw", "two different"), ("ensemble:none+none", "two different"), ("ensemble:none", "at least two"),
+    ("ensemble:de+none", "not served"), ("related:none", "not served"),
 ])
 def test_bad_routes_say_why(route, message):
     with pytest.raises(RouteError, match=message):
@@ -74,6 +79,8 @@ def test_an_override_to_an_unserved_adapter_is_an_error_not_a_silent_change():
     ("ner", "ig", {}, [("en", "ner-madx")]),
     ("ner", "sw", {"sw": "madx"}, [("sw", "ner-madx")]),
     ("ner", "ig", {"*:ner": "task_only"}, [(None, "ner-alone")]),
+    # an ensemble's 'none' member runs the stacked adapter (one task adapter: one label set to average)
+    ("ner", "sw", {"sw": "ensemble:sw+none"}, [("sw", "ner-madx"), (None, "ner-madx")]),
 ])
 def test_stacks_name_the_stacked_and_the_alone_task_adapters(task, language, overrides, want_stacks):
     c = choose(task, language, SERVED, ROUTING, "en", overrides, adapter="ner-madx", alone="ner-alone")
