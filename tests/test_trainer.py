@@ -192,6 +192,18 @@ def test_cli_end_to_end_and_artifacts_reload(tmp_path, capsys):
     qa = evaluate_qa(model, tok, AdapterStack(None, "qa"), read_squad(FIX / "qa.json"), 64, 16)
     assert qa["f1"] == pytest.approx(rows[1]["f1"], abs=0.01)
 
+    # --ensemble-none: each target's stack averaged with the same task adapter under no language adapter
+    ens = tmp_path / "ensemble.json"
+    assert main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
+                 "--ensemble-none", "--test", f"sw={FIX / 'ner_en.conll'}", "--row", "(e)", "--out", str(ens)]) == 0
+    [row] = json.loads(ens.read_text())
+    assert row["stack"] == "sw+ner + -+ner"
+    both = evaluate_ner(model, tok, (AdapterStack("sw", "ner"), AdapterStack(None, "ner")), read_conll(FIX / "ner_en.conll"))
+    assert row["f1"] == pytest.approx(both["f1"], abs=0.01)
+    with pytest.raises(SystemExit, match="needs a language adapter"):
+        main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner", "--no-progress",
+              "--ensemble-none", "--no-lang-adapter", "--test", f"sw={FIX / 'ner_en.conll'}", "--row", "(e)"])
+
 
 @pytest.mark.parametrize("argv, message", [
     (["task", "--task", "ner", "--name", "x", "--train", "missing.conll"], "missing.conll: no such file"),

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lang-adapter", action="store_true", help="baseline: task adapter only")
     p.add_argument("--fixed-lang-adapter", default=None,
                    help="this language adapter for every target (e.g. en: the stack the task adapter trained on)")
+    p.add_argument("--ensemble-none", action="store_true",
+                   help="each target also without a language adapter, the two outputs averaged (the server's "
+                        "route ensemble:L+none)")
     p.add_argument("--context-half", choices=("dev", "test"), default=None,
                    help="QA: only the contexts of this half (by hash; the dev half is for route evidence)")
     p.add_argument("--drop-types", nargs="*", default=[], help="gold entity types scored as O (e.g. DATE)")

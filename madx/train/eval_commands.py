@@ -19,6 +19,9 @@ def cmd_eval(args) -> int:
     manifest = read_manifest(args.store)["adapters"]
     load_store(model, args.store, [args.task_adapter])
     task_type = model.configs[args.task_adapter].head.task_type
+    if args.ensemble_none and args.no_lang_adapter:
+        raise SystemExit("--ensemble-none averages a language adapter's stack with the stack without one; "
+                         "it needs a language adapter (drop --no-lang-adapter)")
     rows = []
     for lang, path in lang_paths(args.test, "--test"):
         lang_adapter = (None if args.no_lang_adapter else args.fixed_lang_adapter
@@ -32,6 +35,8 @@ def cmd_eval(args) -> int:
                                  f"has: {sorted(manifest)}")
             load_store(model, args.store, [lang_adapter])
         stack = AdapterStack(lang_adapter, args.task_adapter)
+        if args.ensemble_none:  # the server's ensemble:L+none: the same task adapter with and without L
+            stack = (stack, AdapterStack(None, args.task_adapter))
         t0 = time.monotonic()
         if task_type == "ner":
             data = read_conll(path)
@@ -48,7 +53,8 @@ def cmd_eval(args) -> int:
             ex = ex[:args.max_examples or None]
             m = evaluate_qa(model, tok, stack, ex, args.max_len, args.stride, not args.no_progress, f"{lang}")
         m = {k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}
-        row = {"row": args.row, "seed": args.seed_label, "task": task_type, "language": lang, "stack": str(stack),
+        row = {"row": args.row, "seed": args.seed_label, "task": task_type, "language": lang,
+               "stack": " + ".join(map(str, stack)) if isinstance(stack, tuple) else str(stack),
                "backbone_dtype": model.backbone_dtype,
                "test": str(path), "seconds": round(time.monotonic() - t0, 1), **m}
         print(json.dumps(row))
