@@ -182,3 +182,15 @@ def test_recorded_commands_match_by_what_they_make(tmp_path, recorded, same):
         recipe.steps[0].options["train-lang"] = ["sw={data}/ner/sw.tsv"]
     argv = step_argv(recipe, recipe.steps[0], tmp_path / "store", data)
     assert (differences(build_parser(), argv, recorded, data) == []) is same
+
+
+def test_a_step_stopped_by_a_signal_stops_the_recipe_with_its_code(tmp_path, capsys, monkeypatch):
+    """Was: "error: step 38 (task ...) failed with exit code 130" after a plain Ctrl-C or SIGTERM."""
+    import madx.train.cli as cli
+
+    real = cli.main
+    monkeypatch.setattr(cli, "main", lambda argv: 130 if argv[0] == "lang" else real(argv))
+    assert run(write(tmp_path, tiny_recipe()), tmp_path / "store") == 130
+    got = capsys.readouterr()
+    assert "lang sw: stopped by a signal; checkpoint kept, re-run the same command to resume" in got.out
+    assert "failed" not in got.err and "lang yo" not in got.out

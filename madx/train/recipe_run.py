@@ -23,6 +23,7 @@ from .recipe import RESULTS_DIR, Recipe, RecipeError, adapter_checksums, load_re
 from .train_commands import STOPPED
 
 DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "default_store"
+INTERRUPTED = 130  # a step stopped by SIGINT or SIGTERM (cli.stoppable)
 BUDGETED = frozenset({"mlm-head", "lang", "task"})  # commands that stop at --max-minutes and resume
 
 
@@ -121,6 +122,9 @@ def run(args) -> int:
             _line(i, n, step, f"stopped by the time budget after {(time.monotonic() - t0) / 60:.1f} min; checkpoint kept, "
                               "re-run the same command to resume")
             return STOPPED
+        if rc == INTERRUPTED:  # the step said so in its own line (cli.stoppable)
+            _line(i, n, step, "stopped by a signal; checkpoint kept, re-run the same command to resume")
+            return rc
         if rc != 0:
             print(f"error: step {i} ({step.run} {step.name}) failed with exit code {rc}", file=sys.stderr)
             return rc
