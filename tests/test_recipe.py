@@ -194,3 +194,18 @@ def test_a_step_stopped_by_a_signal_stops_the_recipe_with_its_code(tmp_path, cap
     got = capsys.readouterr()
     assert "lang sw: stopped by a signal; checkpoint kept, re-run the same command to resume" in got.out
     assert "failed" not in got.err and "lang yo" not in got.out
+
+
+def test_the_report_holds_every_row_measured_so_far_when_a_later_step_stops(tmp_path, capsys, monkeypatch):
+    """Was: the report was written only once every step had finished, so a recipe that runs over
+    several sessions had no report of the dev rows it had already measured."""
+    import madx.train.cli as cli
+
+    r = tiny_recipe(with_eval=True)
+    r["steps"].append({"task": "ner-late", "use": ["small", "ner"]})
+    r["report"] = {"out": str(tmp_path / "report.json")}
+    real = cli.main
+    monkeypatch.setattr(cli, "main", lambda argv: 3 if "ner-late" in argv else real(argv))  # stopped by its budget
+    assert run(write(tmp_path, r), tmp_path / "store") == 3
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(x["row"] for x in rows) == ["alone", "madx"]

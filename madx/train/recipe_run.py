@@ -13,6 +13,8 @@ Exit codes: 0 every step done; 3 stopped by ``--max-minutes`` (re-run the same c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
 import sys
@@ -118,6 +120,9 @@ def run(args) -> int:
         rc = (_run_eval(main, [*argv, *extra], store, step.name) if step.run == "eval"
               else main([*argv, *extra, *budget]))
         ran_eval |= step.run == "eval"
+        if step.run == "eval" and rc == 0 and recipe.report is not None:
+            with contextlib.redirect_stdout(io.StringIO()):  # the report so far: a run stopped later keeps it
+                _report(recipe, store, Path.cwd())
         if rc == STOPPED:
             _line(i, n, step, f"stopped by the time budget after {(time.monotonic() - t0) / 60:.1f} min; checkpoint kept, "
                               "re-run the same command to resume")
