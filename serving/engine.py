@@ -31,7 +31,7 @@ from .limits import RequestError, check_ner_limits, check_qa_limits
 from .metrics import Metrics
 from .prep import FairPrep, prepare_ner, time_problem
 from .requested import requested_stacks
-from .routing import Route, RouteError, choose, keyed_by_code
+from .routing import Route, RouteError, choose, keyed_by_code, split_adapter
 from .settings import Settings
 from .text import clusters, entities_from_words, visible_span
 
@@ -190,11 +190,11 @@ class Engine:
             raise RequestError(422, f"{what}; fallback policy is strict; served languages: {sorted(served)}")
         try:
             choice = choose(task, language, served, self.routing, self.s.routing.source_language,
-                            self.s.routing.overrides, adapter=name, alone=alone)
+                            self.s.routing.overrides, adapter=name, alone=alone, task_adapters=self._task_adapters(task))
         except RouteError as e:
             raise RequestError(422, f"routing.overrides: {e}") from None
         if choice is not None:
-            fallback = None if choice.route == "madx" else choice.route
+            fallback = None if split_adapter(choice.route)[0] == "madx" else choice.route
             return Route(choice.stacks[0], language, source, conf, fallback, choice.route, choice.reason, choice.stacks)
         # a store without routing evidence: the rules that came before it
         if self.cache.entries[name].trained_alone:

@@ -5,7 +5,8 @@ is served. Pure: the engine passes in what is loaded.
   route for the request's language (given, or detected);
 - ``{"language_adapter": "sw", "task_adapter": "ner"}`` runs exactly that stack (either may be left
   out: no language adapter; the task's configured task adapter);
-- ``task_adapter`` also goes with ``route``, to run a route over another task adapter.
+- ``task_adapter`` also goes with ``route``, to run a route over another task adapter (or the route
+  names it: ``madx@ner-en``).
 
 Rows of requests with different stacks still share forward passes (each row carries its stack).
 """
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from madx.config import AdapterStack
 
 from .limits import RequestError
-from .routing import RouteError, stacks_for
+from .routing import RouteError, split_adapter, stacks_for
 
 
 def requested_stacks(task: str, req: Mapping[str, str | None], language: str | None, served: set[str],
@@ -34,11 +35,13 @@ def requested_stacks(task: str, req: Mapping[str, str | None], language: str | N
     if route is not None:
         if lang is not None:
             raise RequestError(422, "stack: give a route or a language_adapter, not both")
-        if route == "madx" and language is None:
+        if route.partition("@")[0] == "madx" and language is None:
             raise RequestError(422, "stack.route 'madx' needs the text's language: give 'language' (it was not "
                                     "detected)")
         try:
-            stacks = stacks_for(route, language, ta or stacked, source, served, ta or alone)
+            if ta is not None and split_adapter(route)[1] is not None:
+                raise RouteError(f"route {route!r} names its task adapter; give it there or in task_adapter, not both")
+            stacks = stacks_for(route, language, ta or stacked, source, served, ta or alone, task_adapters)
         except RouteError as e:
             raise RequestError(422, f"stack.route: {e}; served language adapters: {sorted(served)}") from None
         what = f"route {route}"

@@ -16,6 +16,10 @@ Route names: ``madx`` (the language's own adapter under the task adapter), ``tas
 per listed language adapter in the same forward pass, outputs averaged; Wang et al. 2021, EMEA).
 An ensemble member ``none`` is the stacked task adapter under no language adapter (``ensemble:zu+none``:
 a target-ready task adapter with and without the language's adapter; one task adapter, so one label set).
+A route may name its task adapter after ``@`` (``madx@ner-en``: the language's adapter under the task
+adapter ``ner-en``, not the task's configured one), so one store can serve a language through a task
+adapter trained for it (English through the stack trained on English alone) and the others through a
+multi-source one; without ``@`` a route runs the task's stacked adapter (``task_only``: the one trained alone).
 
 ``choose`` takes, in order: an explicit override; the best measured route of the language (ties go to
 the route listed first in ``PREFERENCE``: fewer adapters, less to go wrong). Where the evidence has a
@@ -53,7 +57,7 @@ class Route:
     source: str  # request | detected | undetermined
     confidence: float | None
     fallback: str | None
-    name: str = "madx"  # task_only | madx | english | related:<code> | ensemble:<a>+<b>
+    name: str = "madx"  # task_only | madx | english | related:<code> | ensemble:<a>+<b>, each maybe @<task adapter>
     reason: str = ""
     stacks: tuple[AdapterStack, ...] = ()  # every stack a row runs (outputs averaged); () = (stack,)
 
@@ -72,11 +76,27 @@ class RouteError(ValueError):
     """A route name that is malformed or needs an adapter the store does not serve."""
 
 
+def split_adapter(route: str) -> tuple[str, str | None]:
+    """('madx', 'ner-en') for 'madx@ner-en'; (route, None) for a route without a task adapter."""
+    base, at, adapter = route.partition("@")
+    if at and not adapter:
+        raise RouteError(f"route {route!r}: name the task adapter after '@' ('madx@ner-en') or leave '@' out")
+    return base, adapter or None
+
+
 def stacks_for(route: str, language: str | None, task: str, source: str, served: set[str],
-               alone: str | None = None) -> tuple[AdapterStack, ...]:
+               alone: str | None = None, task_adapters: set[str] | None = None) -> tuple[AdapterStack, ...]:
     """The stacks a route runs, checked against the served language adapters. ``task`` is the task
     adapter stacked on a language adapter; ``alone`` the one trained without a language adapter, which
-    the ``task_only`` route runs (the server's ``tasks_alone``; ``task`` itself when None)."""
+    the ``task_only`` route runs (the server's ``tasks_alone``; ``task`` itself when None). A route's
+    ``@<name>`` runs task adapter <name> in every stack instead, checked against ``task_adapters`` (the
+    served task adapters of the task; unchecked when None)."""
+    route, named = split_adapter(route)
+    if named is not None:
+        if task_adapters is not None and named not in task_adapters:
+            raise RouteError(f"route {route}@{named} needs task adapter {named!r}, which is not served; served "
+                             f"task adapters: {sorted(task_adapters)}")
+        return stacks_for(route, language, named, source, served, named)
     if route == "task_only":
         return (AdapterStack(None, alone or task),)
     if route == "madx":
@@ -92,7 +112,7 @@ def stacks_for(route: str, language: str | None, task: str, source: str, served:
                              f"or '{NONE}' ('ensemble:a+b', 'ensemble:a+{NONE}')")
     else:
         raise RouteError(f"route {route!r} is unknown; use task_only, madx, english, related:<code> or "
-                         f"ensemble:<a>+<b>")
+                         f"ensemble:<a>+<b>, each optionally @<task adapter>")
     missing = [x for x in langs if x not in served and not (x == NONE and route.startswith("ensemble:"))]
     if missing:
         raise RouteError(f"route {route!r} needs language adapters {missing}, which are not served")
@@ -100,7 +120,7 @@ def stacks_for(route: str, language: str | None, task: str, source: str, served:
 
 
 def _rank(route: str) -> int:
-    return PREFERENCE.index(route.split(":", 1)[0])
+    return PREFERENCE.index(split_adapter(route)[0].split(":", 1)[0])
 
 
 def best(scores: Mapping[str, float], usable) -> str | None:
@@ -145,15 +165,16 @@ def keyed_by_code(routing: Mapping, code_of: Callable[[str], str]) -> dict:
 
 def choose(task: str, language: str | None, served: set[str], routing: Mapping, source: str = "en",
            overrides: Mapping[str, str] | None = None, adapter: str | None = None,
-           alone: str | None = None) -> Choice | None:
+           alone: str | None = None, task_adapters: set[str] | None = None) -> Choice | None:
     """The route for one request (see the module doc); None when neither an override nor any
     evidence applies. The stacks name the task adapters ``adapter`` (stacked) and ``alone`` (trained
-    alone, for ``task_only``), as in ``stacks_for``; both default to the task's name."""
+    alone, for ``task_only``), as in ``stacks_for``; both default to the task's name. ``task_adapters``:
+    the served ones of the task, which a route's ``@<name>`` may name (any, when None)."""
     adapter = adapter or task
     overrides = overrides or {}
 
     def stacks(route: str) -> tuple[AdapterStack, ...]:
-        return stacks_for(route, language, adapter, source, served, alone)
+        return stacks_for(route, language, adapter, source, served, alone, task_adapters)
 
     def usable(route: str) -> bool:
         try:

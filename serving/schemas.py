@@ -54,9 +54,10 @@ NAME = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 class StackRequest(_In):
     """The adapter stack a request asks for, instead of the route the server would choose."""
     route: str | None = Field(None, max_length=140, pattern=r"^(task_only|madx|english|related:[A-Za-z0-9_-]{1,64}|"
-                              r"ensemble:[A-Za-z0-9_-]{1,64}(\+[A-Za-z0-9_-]{1,64})+)$",
+                              r"ensemble:[A-Za-z0-9_-]{1,64}(\+[A-Za-z0-9_-]{1,64})+)(@[A-Za-z0-9_][A-Za-z0-9_-]{0,63})?$",
                               description="task_only, madx, english, related:<code> or ensemble:<a>+<b> (a member "
-                              "may be 'none': the task adapter without a language adapter)")
+                              "may be 'none': the task adapter without a language adapter), optionally @<task "
+                              "adapter> to run it over that task adapter ('madx@ner-en')")
     language_adapter: str | None = Field(None, pattern=NAME, description="a served language adapter (omit: none)")
     task_adapter: str | None = Field(None, pattern=NAME, description="a served task adapter of this task "
                                      "(omit: the task's own)")
@@ -134,7 +135,8 @@ class Routing(_Out):
     fallback: str | None = Field(None, description="why the stack differs from the language: 'related:<lang>', 'task_only' "
                                                      "(no adapter for the language), or 'task_only:trained_alone' (the "
                                                      "task adapter was trained without a language adapter)")
-    route: str = Field(description="task_only | madx | english | related:<code> | ensemble:<a>+<b>")
+    route: str = Field(description="task_only | madx | english | related:<code> | ensemble:<a>+<b>, maybe "
+                       "@<task adapter>; 'requested' for a stack the request named")
     route_reason: str = Field(description="why this route: measured evidence, an override, or a fallback rule")
     stacks: list[StackOut] | None = Field(None, description="an ensemble's stacks (each row ran once per stack, "
                                                             "outputs averaged); null for a single stack")

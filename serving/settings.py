@@ -82,7 +82,9 @@ class Fallback(_Strict):
     min_detect_confidence: float = Field(0.5, ge=0, le=1, description="below: treated as an unknown language")
 
 
-ROUTE = r"^(task_only|madx|english|related:[a-z]{2,3}|ensemble:[a-z]{2,3}(\+[a-z]{2,3})+)$"
+# a route (serving/routing.py), optionally naming its task adapter: 'ensemble:zu+none', 'madx@ner-en'
+ROUTE = (r"^(task_only|madx|english|related:[a-z]{2,3}|ensemble:([a-z]{2,3}|none)(\+([a-z]{2,3}|none))+)"
+         r"(@[A-Za-z0-9_][A-Za-z0-9_-]{0,63})?$")
 
 
 class Routing(_Strict):

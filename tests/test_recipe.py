@@ -19,7 +19,7 @@ TINY = "tiny-xlmr-0+xlmr"
 TEXT, NER = str(FIX / "text_sw.txt"), str(FIX / "ner_en.conll")
 
 
-def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3", with_eval: bool = False) -> dict:
+def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3", with_eval: bool = False, also: bool = False) -> dict:
     langs = ["sw", "yo", *(["rw"] if extra_lang else [])]
     dev = {"test": [f"sw={NER}"], "max-examples": 5, "backbone-dtype": "fp32", "seed-label": 0}
     evals = [{"eval": "dev-madx", "with": {**dev, "task-adapter": "ner-madx", "row": "madx"}},
@@ -33,12 +33,15 @@ def tiny_recipe(extra_lang: bool = False, lr: str = "1e-3", with_eval: bool = Fa
             *({"lang": lg, "use": ["small"], "with": {"language": lg, "text": [TEXT], "lr": lr}} for lg in langs),
             {"task": "ner-madx", "use": ["small", "ner"], "with": {"lang-adapter": "sw"}},
             {"task": "ner-alone", "use": ["small", "ner"]},
+            # a second stacked NER adapter, measured as route madx@ner-yo-s0 and shipped as ner-yo
+            *([{"task": "ner-yo-s0", "use": ["small", "ner"], "with": {"lang-adapter": "yo"}}] if also else []),
             {"evidence": "evidence", "with": {"tasks": ["ner"], "task-adapter": ["ner=ner-madx"], "alone": ["ner=ner-alone"],
                                               "ner-dev": [f"sw={NER}", f"yo={NER}"], "max-dev": 5, "resamples": 50,
-                                              "backbone-dtype": "fp32"}},
+                                              "backbone-dtype": "fp32", **({"also-stacked": ["ner=ner-yo-s0"]} if also else {})}},
             *(evals if with_eval else []),
         ],
-        "ship": {"languages": ["sw", "yo"], "tasks": {"ner": "ner-madx", "ner-alone": "ner-alone"}},
+        "ship": {"languages": ["sw", "yo"], "tasks": {"ner": "ner-madx", "ner-alone": "ner-alone",
+                                                      **({"ner-yo": "ner-yo-s0"} if also else {})}},
     }
 
 
@@ -77,6 +80,33 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_second_run_does_nothing(tmp_path, c
     assert out.count("done (matches the recipe)") == 6 and "done in" not in out
     assert mtimes(store) == before  # nothing retrained, nothing re-measured
     assert checksums(shipped) == sums and f"{len(sums)} of {len(sums)} files identical" in out
+
+
+def test_evidence_measures_another_stacked_task_adapter_and_ships_it_under_its_served_name(tmp_path, capsys):
+    recipe, store, shipped = write(tmp_path, tiny_recipe(also=True)), tmp_path / "store", tmp_path / "shipped"
+    assert run(recipe, store, "--ship", "--ship-to", str(shipped)) == 0
+    trained, served = read_manifest(store)["routing"], read_manifest(shipped)["routing"]
+    for lang in ("sw", "yo"):
+        assert "madx@ner-yo-s0" in trained["evidence"][lang]["ner"]["scores"]
+        ev = served["evidence"][lang]["ner"]
+        assert ev["scores"]["madx@ner-yo"] == trained["evidence"][lang]["ner"]["scores"]["madx@ner-yo-s0"]
+        assert "madx@ner-yo" in ev["vs_task_only"] and "not_served" not in ev
+    assert trained["task_adapters"]["ner"]["also"] == ["ner-yo-s0"] and served["task_adapters"]["ner"]["also"] == ["ner-yo"]
+    assert read_manifest(shipped)["adapters"]["ner-yo"]["trained_as"] == "ner-yo-s0"
+
+
+def test_a_route_over_a_task_adapter_left_out_of_the_ship_is_not_served():
+    from madx.train.ship import served_routing
+
+    routing = {"source_language": "en", "task_adapters": {"ner": {"stacked": "ner-multi", "also": ["ner-en-s0"]}},
+               "evidence": {"en": {"ner": {"scores": {"task_only": 70.0, "madx@ner-en-s0": 75.0, "madx": 71.0},
+                                           "vs_task_only": {"madx@ner-en-s0": {"low": 1.0}, "madx": {"low": -1.0}}}}}}
+    kept = served_routing(routing, {"en"}, {"ner": "ner-multi", "ner-en": "ner-en-s0"})["evidence"]["en"]["ner"]
+    assert kept["scores"] == {"task_only": 70.0, "madx@ner-en": 75.0, "madx": 71.0} and "not_served" not in kept
+    assert set(kept["vs_task_only"]) == {"madx@ner-en", "madx"}
+    left = served_routing(routing, {"en"}, {"ner": "ner-multi"})["evidence"]["en"]["ner"]
+    assert left["scores"] == {"task_only": 70.0, "madx": 71.0} and left["not_served"] == {"madx@ner-en-s0": 75.0}
+    assert set(left["vs_task_only"]) == {"madx"}
 
 
 def test_dry_run_and_budget_change_nothing(tmp_path, capsys):

@@ -6,11 +6,12 @@ but no adapter, on L's dev data (``corpus.NER_DEV`` / ``QA_DEV``, or ``--ner-dev
 its related language's dev data where L has none: ``madx`` (L + task), ``task_only`` (the task
 adapter trained alone, which the server's ``task_only`` route runs), ``english`` (the source adapter
 + task), ``related:R`` (R = ``corpus.RELATED[L]``), ``ensemble:L+R`` and ``ensemble:L+none`` (the
-stacked task adapter with and without L's adapter). Routes whose adapters the store lacks are
-skipped. Each route gets a paired bootstrap of its difference to ``task_only`` over the dev sentences
-(NER) or questions (QA): the server serves a route with more adapters only when it wins beyond that
-noise. The default route for languages without evidence (``task_only`` or
-``english``) is the best on average over the measured languages the backbone did not see in
+stacked task adapter with and without L's adapter), and ``madx@NAME`` for each ``--also-stacked``
+task adapter NAME (L's adapter under another stacked task adapter, e.g. one trained on English alone).
+Routes whose adapters the store lacks are skipped. Each route gets a paired bootstrap of its
+difference to ``task_only`` over the dev sentences (NER) or questions (QA): the server serves a route
+with more adapters only when it wins beyond that noise. The default route for languages without
+evidence (``task_only`` or ``english``) is the best on average over the measured languages the backbone did not see in
 pre-training, ``english`` only when it beats ``task_only`` beyond the noise of a bootstrap stratified
 by language. Dev splits only: nothing here reads a test file.
 
@@ -46,6 +47,9 @@ def cmd_evidence(args) -> int:
                   "qa": dict(lang_paths(args.qa_dev or [], "--qa-dev")) or {k: root / v for k, v in corpus.QA_DEV.items()}}
     names = dict(x.split("=", 1) for x in args.task_adapter)
     alone = dict(x.split("=", 1) for x in args.alone)
+    also: dict[str, list[str]] = {}
+    for t, n in (x.split("=", 1) for x in args.also_stacked):
+        also.setdefault(t, []).append(n)
     model, tok = load_model(args)
     model.eval()
     m = read_manifest(args.store)
@@ -60,18 +64,21 @@ def cmd_evidence(args) -> int:
     with torch.inference_mode():
         for lang in sorted(served | with_dev):
             rel = corpus.RELATED.get(lang)
-            routes = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}", f"ensemble:{lang}+none"]
+            generic = ["madx", "task_only", "english", f"related:{rel}", f"ensemble:{lang}+{rel}", f"ensemble:{lang}+none"]
             for task in args.tasks:
                 name, table = names.get(task), dev_tables[task]
-                if name not in m["adapters"]:
-                    raise SystemExit(f"--task-adapter {task}={name}: not in {args.store}; has: {sorted(m['adapters'])}")
+                for what, n in [("--task-adapter", name), *(("--also-stacked", x) for x in also.get(task, []))]:
+                    if n not in m["adapters"]:
+                        raise SystemExit(f"{what} {task}={n}: not in {args.store}; has: {sorted(m['adapters'])}")
+                routes = generic + [f"madx@{x}" for x in also.get(task, [])]
                 on = lang if lang in table else (rel if rel in table else None)
                 if on is None:
                     continue
                 mine = {}
                 for route in routes:
                     try:  # the task_only route runs the adapter trained alone, as the server does
-                        stacks = stacks_for(route, lang, name, args.source, served, alone.get(task))
+                        stacks = stacks_for(route, lang, name, args.source, served, alone.get(task),
+                                            {name, *also.get(task, [])})
                     except RouteError:
                         continue
                     st = stacks[0] if len(stacks) == 1 else tuple(stacks)
@@ -97,7 +104,8 @@ def cmd_evidence(args) -> int:
         if d is not None:
             default[task] = d
     routing = {"evidence": evidence, "default": default, "source_language": args.source,
-               "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t)} for t in args.tasks if t in names},
+               "task_adapters": {t: {"stacked": names[t], "alone": alone.get(t), **({"also": also[t]} if t in also else {})}
+                                 for t in args.tasks if t in names},
                "backbone_dtype": model.backbone_dtype, "command": command_line(args),
                "adapters": _adapter_checksums(m)}
     # under the store's lock, on the manifest as it is now
@@ -115,6 +123,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tasks", nargs="+", default=["ner", "qa"], choices=("ner", "qa"))
     p.add_argument("--task-adapter", nargs="+", required=True, help="TASK=NAME: the task adapter stacked on language adapters")
     p.add_argument("--alone", nargs="*", default=[], help="TASK=NAME: the task adapter trained alone (the task_only route)")
+    p.add_argument("--also-stacked", nargs="*", default=[],
+                   help="TASK=NAME: another stacked task adapter, measured as route madx@NAME for every language adapter")
     p.add_argument("--ner-dev", nargs="*", default=None, help="LANG=PATH CoNLL dev files (default: corpus.NER_DEV)")
     p.add_argument("--qa-dev", nargs="*", default=None, help="LANG=PATH SQuAD dev files (default: corpus.QA_DEV)")
     p.add_argument("--data", type=Path, default=None, help="shared data root (default ../shared/data)")

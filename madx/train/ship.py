@@ -28,28 +28,42 @@ from .masked_lm import MLM_HEAD_DIR
 
 
 def served_routing(routing: dict, languages: set[str], served_as: Mapping[str, str]) -> dict:
-    """The training store's route evidence as the shipped store serves it (see the module docstring)."""
-    from serving.routing import RouteError, stacks_for
+    """The training store's route evidence as the shipped store serves it (see the module docstring).
+    ``served_as``: {served name: trained name} of the shipped task adapters; a route naming its task
+    adapter (``madx@ner-madx-s0``) is renamed to the served name (``madx@ner-en``), or moved to
+    ``not_served`` when that adapter is not shipped."""
+    from serving.routing import RouteError, split_adapter, stacks_for
 
     source = routing.get("source_language", "en")
+    by_source = {v: k for k, v in served_as.items()}
+
+    def renamed(route: str) -> str | None:
+        base, named = split_adapter(route)
+        if named is None:
+            return route
+        return f"{base}@{by_source[named]}" if named in by_source else None
+
     evidence = {}
     for lang, tasks in routing["evidence"].items():
         for task, ev in tasks.items():
-            ok, gone = {}, {}
+            ok, gone, names = {}, {}, {}
             for route, score in ev["scores"].items():
                 try:
-                    stacks_for(route, lang, task, source, languages)
-                    ok[route] = score
+                    served = renamed(route)
+                    if served is None:
+                        raise RouteError(route)
+                    stacks_for(served, lang, task, source, languages)
+                    ok[served], names[route] = score, served
                 except RouteError:
                     gone[route] = score
-            vs = {r: v for r, v in (ev.get("vs_task_only") or {}).items() if r in ok}
+            vs = {names[r]: v for r, v in (ev.get("vs_task_only") or {}).items() if r in names}
             evidence.setdefault(lang, {})[task] = {**ev, "scores": ok, **({"vs_task_only": vs} if "vs_task_only" in ev else {}),
                                                    **({"not_served": gone} if gone else {})}
-    by_source = {v: k for k, v in served_as.items()}
     measured = routing.get("task_adapters", {})
     out = {k: v for k, v in routing.items() if k not in ("command", "adapters")}
     out.update({"evidence": evidence, "measured_with": measured,
-                "task_adapters": {t: {k: by_source.get(n, n) for k, n in names.items()} for t, names in measured.items()}})
+                "task_adapters": {t: {k: [by_source.get(x, x) for x in n] if isinstance(n, list) else by_source.get(n, n)
+                                      for k, n in names.items()} for t, names in measured.items()}})
     for d in (out.get("default") or {}).values():
         d["scores"] = {r: v for r, v in d["scores"].items() if r != "english" or source in languages}
         if d["route"] not in d["scores"]:  # the measured default needs an adapter left out: the next best

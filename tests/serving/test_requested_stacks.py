@@ -82,3 +82,46 @@ def test_requests_with_different_stacks_in_one_pass_equal_each_alone_over_http(m
         assert [t["score"] for t in m["tokens"]] == pytest.approx([t["score"] for t in s["tokens"]], abs=1e-5)
     scores = {str(s): tuple(t["label"] for t in m["tokens"]) for s, m in zip(stacks, mixed, strict=True)}
     assert len(set(scores.values())) > 1  # the stacks really differ
+
+
+# a store with a second stacked NER adapter, 'ner-en', and evidence that sw is best served through it
+NAMED_EVIDENCE = {"evidence": {"sw": {"ner": {
+    "measured_on": "sw", "metric": "F1", "scores": {"task_only": 50.0, "madx": 52.0, "madx@ner-en": 60.0},
+    "vs_task_only": {"madx": {"delta": 2.0, "low": -1.0, "high": 5.0}, "madx@ner-en": {"delta": 10.0, "low": 5.0, "high": 15.0}},
+    "bootstrap": {"resamples": 100, "interval": 0.95, "examples": 50, "unit": "sentences"}}}}}
+
+
+@pytest.fixture(scope="module")
+def named_engine(make_engine, tmp_path_factory):
+    from madx.artifacts import update_manifest
+
+    from .tiny_store import make_store
+
+    store = make_store(tmp_path_factory.mktemp("named"), more_ner=("ner-en",))
+    update_manifest(store, lambda m: m.__setitem__("routing", NAMED_EVIDENCE))
+    return make_engine(store=store)
+
+
+def test_a_route_naming_its_task_adapter_is_served_by_evidence_and_on_request(named_engine):
+    def ner(stack=None):
+        return asyncio.run(named_engine.ner([TEXT], "sw", True, stack))["results"][0]
+    routed = ner()
+    assert (routed["route"], routed["stack"], routed["fallback"]) == ("madx@ner-en", {"language": "sw", "task": "ner-en"}, None)
+    assert "beats task_only beyond noise (+10.0" in routed["route_reason"]
+    asked = ner({"route": "madx@ner-en"})
+    assert asked["route"] == "requested" and asked["stack"] == {"language": "sw", "task": "ner-en"}
+    explicit, other = ner({"language_adapter": "sw", "task_adapter": "ner-en"}), ner({"language_adapter": "sw"})
+    scores = lambda r: [t["score"] for t in r["tokens"]]  # noqa: E731
+    assert scores(routed) == pytest.approx(scores(explicit), abs=1e-6)
+    assert scores(asked) == pytest.approx(scores(explicit), abs=1e-6)
+    assert scores(routed) != pytest.approx(scores(other), abs=1e-3)  # the two task adapters really differ
+
+
+@pytest.mark.parametrize("stack, message", [
+    ({"route": "madx@qa"}, "needs task adapter 'qa', which is not served; served task adapters: ['ner', 'ner-en']"),
+    ({"route": "madx@ner-en", "task_adapter": "ner"}, "names its task adapter; give it there or in task_adapter, not both"),
+])
+def test_a_route_naming_a_task_adapter_that_is_not_served_is_a_422(named_engine, stack, message):
+    with pytest.raises(RequestError) as e:
+        asyncio.run(named_engine.ner([TEXT], "sw", False, stack))
+    assert e.value.status == 422 and message in e.value.message, e.value.message

@@ -156,3 +156,49 @@ def test_evidence_is_keyed_by_the_code_requests_are_routed_with(evidence, want_k
     assert set(keyed["evidence"]) == want_keys and keyed["default"] == routing["default"]
     with pytest.raises(RouteError, match="two entries for language 'sw'"):
         keyed_by_code({"evidence": {"sw": {}, "swa": {}}}, code_of)
+
+
+# a store with two stacked NER adapters: the multi-source one (ner-madx) and one trained on English alone
+# (ner-en); a route names the second after '@'
+NAMED = {"evidence": {
+    "en": {"ner": {"measured_on": "en", "metric": "F1",
+                   "scores": {"task_only": 70.0, "ensemble:en+none": 72.0, "madx@ner-en": 75.5},
+                   "vs_task_only": {"ensemble:en+none": {"delta": 2.0, "low": 0.5, "high": 3.5},
+                                    "madx@ner-en": {"delta": 5.5, "low": 3.0, "high": 8.0}}, "bootstrap": BOOT}},
+    # the best route names a task adapter this server does not load: the next best is served
+    "sw": {"ner": {"measured_on": "sw", "metric": "F1", "scores": {"task_only": 60.0, "madx@ner-gone": 70.0,
+                                                                   "ensemble:sw+none": 64.0},
+                   "vs_task_only": {"madx@ner-gone": {"delta": 10.0, "low": 6.0, "high": 14.0},
+                                    "ensemble:sw+none": {"delta": 4.0, "low": 1.0, "high": 7.0}}, "bootstrap": BOOT}},
+    # a tie between the same route over two task adapters goes to the simpler route, task_only
+    "yo": {"ner": {"measured_on": "yo", "metric": "F1", "scores": {"task_only": 50.0, "madx@ner-en": 50.0}}},
+}}
+TASK_ADAPTERS = {"ner-madx", "ner-en"}
+
+
+@pytest.mark.parametrize("language, overrides, want_route, want_stacks", [
+    ("en", {}, "madx@ner-en", [("en", "ner-en")]),
+    ("sw", {}, "ensemble:sw+none", [("sw", "ner-madx"), (None, "ner-madx")]),
+    ("yo", {}, "task_only", [(None, "ner-alone")]),
+    # every route form takes '@': each stack runs the named task adapter, task_only included
+    ("sw", {"sw": "ensemble:sw+none@ner-en"}, "ensemble:sw+none@ner-en", [("sw", "ner-en"), (None, "ner-en")]),
+    ("sw", {"sw": "english@ner-en"}, "english@ner-en", [("en", "ner-en")]),
+    ("sw", {"sw": "related:yo@ner-en"}, "related:yo@ner-en", [("yo", "ner-en")]),
+    ("sw", {"sw": "task_only@ner-en"}, "task_only@ner-en", [(None, "ner-en")]),
+])
+def test_a_route_may_name_its_task_adapter(language, overrides, want_route, want_stacks):
+    c = choose("ner", language, SERVED, NAMED, "en", overrides, adapter="ner-madx", alone="ner-alone",
+               task_adapters=TASK_ADAPTERS)
+    assert c.route == want_route, c.reason
+    assert c.stacks == tuple(AdapterStack(lang, t) for lang, t in want_stacks)
+
+
+@pytest.mark.parametrize("route, message", [
+    ("madx@ner-gone", "needs task adapter 'ner-gone', which is not served; served task adapters: ['ner-en', 'ner-madx']"),
+    ("madx@", "name the task adapter after '@'"),
+    ("magic@ner-en", "unknown"),
+    ("ensemble:sw+de@ner-en", "needs language adapters ['de']"),
+])
+def test_bad_named_routes_say_why(route, message):
+    with pytest.raises(RouteError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        stacks_for(route, "sw", "ner-madx", "en", SERVED, "ner-alone", TASK_ADAPTERS)

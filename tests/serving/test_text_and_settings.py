@@ -49,3 +49,17 @@ def test_settings_file_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(SettingsError, match="expected a mapping"):
         load_settings(bad, env={})
+
+
+@pytest.mark.parametrize("route, ok", [
+    ("ensemble:zu+none", True),  # was refused: the pattern knew no 'none' member
+    ("madx@ner-en", True), ("ensemble:zu+none@ner-en", True), ("task_only", True), ("related:yo", True),
+    ("madx@", False), ("madx@ner en", False), ("ensemble:zu", False), ("magic", False),
+])
+def test_routing_overrides_take_every_route_form(route, ok):
+    settings = lambda: load_settings(env={}, routing={"overrides": {"zu:ner": route}})  # noqa: E731
+    if ok:
+        assert settings().routing.overrides == {"zu:ner": route}
+    else:
+        with pytest.raises(SettingsError, match="routing.overrides.zu:ner"):
+            settings()

@@ -26,7 +26,8 @@ TEXT = {
 }
 
 
-def make_store(store: Path, languages=("en", "sw", "de")) -> Path:
+def make_store(store: Path, languages=("en", "sw", "de"), more_ner: tuple[str, ...] = ()) -> Path:
+    """``more_ner``: names of further NER task adapters (another stacked one, which routes name after '@')."""
     bb = load_backbone(BACKBONE)
     model = MadxModel(bb.model, bb.name)
     for i, lang in enumerate(languages):
@@ -35,6 +36,9 @@ def make_store(store: Path, languages=("en", "sw", "de")) -> Path:
         save_profile(store, lang, build_profile(TEXT[lang]))
     randomize_(model.add_adapter(AdapterConfig.task("ner", "ner", NER_LABELS)), 1, std=0.3)
     save_to_store(model, "ner", store)
+    for i, name in enumerate(more_ner):
+        randomize_(model.add_adapter(AdapterConfig.task(name, "ner", NER_LABELS)), 20 + i, std=0.3)
+        save_to_store(model, name, store)
     randomize_(model.add_adapter(AdapterConfig.task("qa", "qa")), 2, std=0.3)
     save_to_store(model, "qa", store)
     return store
