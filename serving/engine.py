@@ -147,7 +147,8 @@ class Engine:
 
     def _check_admin(self, entry, cfg) -> None:
         """What startup checks for a store, for an admin load: a configured task gets a task adapter
-        of that task type; any other name must be a language adapter."""
+        of that task type; any other name is a language adapter, or a task adapter of a served task
+        (which requests and routes name: ``madx@ner-en``) under a name no language adapter has."""
         key, task = next(((k, t) for k in ("tasks", "tasks_alone") for t, n in getattr(self.s, k).items()
                           if n == entry.name), (None, None))
         if task is not None and (cfg.kind != "task" or cfg.head.task_type != task):
@@ -155,9 +156,13 @@ class Engine:
             raise ArtifactError(f"{key}.{task} is {entry.name!r}: it needs a {task} task adapter, this artifact is a "
                                 f"{got} adapter")
         if task is None and cfg.kind != "language":
-            raise ArtifactError(f"{entry.name!r} is a {cfg.head.task_type} task adapter, but no task is mapped to it "
-                                f"(tasks: {self.s.tasks}, tasks_alone: {self.s.tasks_alone}); language adapters are "
-                                f"the only other kind served")
+            now = self.cache.entries.get(entry.name)
+            if now is not None and now.kind == "language":
+                raise ArtifactError(f"{entry.name!r} is a served language adapter; a {cfg.head.task_type} task adapter "
+                                    f"cannot take its name")
+            if cfg.head.task_type not in self.s.tasks:
+                raise ArtifactError(f"{entry.name!r} is a {cfg.head.task_type} task adapter, but that task is not served "
+                                    f"(tasks: {self.s.tasks})")
 
     # ------------------------------------------------------------------ routing
     def route(self, task: str, language: str | None, text: str, requested: dict | None = None) -> Route:

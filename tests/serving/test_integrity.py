@@ -71,7 +71,7 @@ def test_finding_7_a_corrupt_reload_never_replaces_the_verified_copy(make_engine
 @pytest.mark.parametrize("name, source, message", [
     ("ner", "qa", "tasks.ner is 'ner': it needs a ner task adapter, this artifact is a qa task adapter"),
     ("ner", "sw", "tasks.ner is 'ner': it needs a ner task adapter, this artifact is a language adapter"),
-    ("sw", "ner", "'sw' is a ner task adapter, but no task is mapped to it"),
+    ("sw", "ner", "'sw' is a served language adapter; a ner task adapter cannot take its name"),
 ])
 def test_finding_8_admin_load_runs_the_startup_checks(make_engine, store, name, source, message):
     eng = make_engine(store=store)
@@ -79,6 +79,14 @@ def test_finding_8_admin_load_runs_the_startup_checks(make_engine, store, name, 
         run(eng.admin_load(name, str(store / source)))
     assert e.value.status == 422 and message in e.value.message
     assert run(eng.ner(["Angela Merkel"], "en", False))["results"]  # nothing was swapped in
+
+
+def test_an_admin_load_may_add_a_task_adapter_of_a_served_task_which_stacks_then_name(make_engine, store):
+    """Was refused ('no task is mapped to it'), though a store holding the same adapter serves it at start-up."""
+    eng = make_engine(store=store)
+    run(eng.admin_load("ner-custom", str(store / "ner")))
+    res = run(eng.ner(["Rais wa Kenya alizungumza."], "sw", False, {"route": "madx@ner-custom"}))["results"][0]
+    assert res["stack"] == {"language": "sw", "task": "ner-custom"}
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
