@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--backbone-dtype", default="bf16")
     ap.add_argument("--drop-types", nargs="*", default=["DATE"])
+    ap.add_argument("--max-examples", type=int, default=None, help="the first N sentences of each test file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed-label", type=int, default=0,
                     help="the seed of the shipped task adapters (rows are compared per seed)")
@@ -51,6 +52,7 @@ def main() -> int:
     m = read_manifest(args.store)
     alone = alone if alone in m["adapters"] else name
     served = {n for n, e in m["adapters"].items() if e["kind"] == "language"}
+    ner_adapters = {n for n, e in m["adapters"].items() if e["kind"] == "task" and e.get("task_type") == "ner"}
 
     def code_of(tag: str) -> str:  # as the server routes a request's language (Engine._language_code)
         return tag if tag in served else canonical(tag)
@@ -64,11 +66,13 @@ def main() -> int:
     for pair in args.test:
         target, path = pair.split("=", 1)
         lang = code_of(target.split("-")[0])
-        choice = choose("ner", lang, served, routing, s.routing.source_language, adapter=name, alone=alone)
+        choice = choose("ner", lang, served, routing, s.routing.source_language, adapter=name, alone=alone,
+                        task_adapters=ner_adapters)
         if choice is None:
             raise SystemExit(f"{args.store} has no routing evidence; run madx-train evidence first")
         stacks = choice.stacks
         data = read_conll(Path(path))
+        data.sentences = data.sentences[:args.max_examples]
         for row, st in (("(r) routed by evidence", stacks),):
             t0 = time.monotonic()
             r = evaluate_ner(model, tok, st[0] if len(st) == 1 else st, data, drop_types=tuple(args.drop_types))
