@@ -167,7 +167,8 @@ def bench_cold_load(engine: Engine) -> dict:
 def process_group(name: str) -> str:
     """Which part of the served path a process of the server is (by Ray's process titles)."""
     for key, group in ((":Server", "replica (ingress + backbone)"), (":Backbone", "backbone replica"),
-                       (":Ingress", "ingress replica"), ("ProxyActor", "Ray HTTP proxy"), (":Control", "control")):
+                       (":Ingress", "ingress replica"), ("ProxyActor", "Ray HTTP proxy"), (":Control", "control"),
+                       ("--no-ray", "madx-serve --no-ray (HTTP + engine, one process)")):
         if key in name:
             return group
     return "Ray system (raylet, GCS, controller, ...)"
@@ -191,9 +192,9 @@ def cpu_by_group(root_pid: int) -> dict[str, float]:
     return out
 
 
-def bench_http(seconds: int, users: int, port: int, env: dict | None = None) -> dict:
-    """Start madx-serve (Ray, local), run locust closed-loop, read tokens served from /metrics; CPU
-    seconds of every server process (by role) and of locust over the measured window."""
+def bench_http(seconds: int, users: int, port: int, env: dict | None = None, no_ray: bool = False) -> dict:
+    """Start madx-serve (Ray, local; or one process with ``no_ray``), run locust closed-loop, read tokens
+    served from /metrics; CPU seconds of every server process (by role) and of locust over the measured window."""
     import resource
 
     import httpx
@@ -201,7 +202,7 @@ def bench_http(seconds: int, users: int, port: int, env: dict | None = None) -> 
 
     out = ROOT / ".bench"  # git-ignored
     out.mkdir(exist_ok=True)
-    proc = start_server(port, out / "server.log", env=env)
+    proc = start_server(port, out / "server.log", env=env, no_ray=no_ray)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, {}, 300, proc)
@@ -260,7 +261,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone-dtype", default="auto", choices=("auto", "fp32", "bf16", "int8"))
     ap.add_argument("--adapter-dtype", default="fp32", choices=("fp32", "backbone"))
     ap.add_argument("--adapter-kernel", default="auto", choices=("auto", "runs", "gathered"))
-    ap.add_argument("--topologies", nargs="+", default=["single", "two_hop"], choices=("single", "two_hop"))
+    ap.add_argument("--topologies", nargs="+", default=["single", "two_hop"], choices=("single", "two_hop", "no_ray"),
+                    help="HTTP servers to measure: Ray with one hop or two, or madx-serve --no-ray (one process)")
     ap.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the served runs (e.g. MADX_THREADS=1)")
     ap.add_argument("--only", nargs="*", default=None, help="engine rows to run (default all), e.g. engine_mixed")
     args = ap.parse_args(argv)
@@ -296,7 +298,8 @@ def main(argv=None) -> int:
                **dict(kv.split("=", 1) for kv in args.server_env)}
         for i, topo in enumerate(args.topologies):  # a port each: the previous server's proxy may linger a moment
             res[f"http_{topo}"] = bench_http(args.http_seconds, args.http_users, args.port + i,
-                                             {**env, "MADX_TOPOLOGY": topo})
+                                             {**env, **({} if topo == "no_ray" else {"MADX_TOPOLOGY": topo})},
+                                             no_ray=topo == "no_ray")
             print(f"http_{topo}", res[f"http_{topo}"], flush=True)
     b = res["backbone_only"]["tokens_per_s"]
     tps = {k: v["tokens_per_s"] for k, v in res.items() if isinstance(v, dict) and "tokens_per_s" in v}

@@ -41,9 +41,11 @@ def wait_ready(url: str, headers: dict, timeout: float, proc: subprocess.Popen |
     raise SystemExit(f"{url} not ready after {timeout:.0f}s")
 
 
-def start_server(port: int, log: Path, config: str | None = None, env: dict | None = None) -> subprocess.Popen:
-    """`madx-serve` (Ray, local) in its own process group, output to ``log``."""
-    cmd = [sys.executable, "-m", "serving.main", "--port", str(port)] + (["--config", config] if config else [])
+def start_server(port: int, log: Path, config: str | None = None, env: dict | None = None,
+                 no_ray: bool = False) -> subprocess.Popen:
+    """`madx-serve` (Ray, local; or ``--no-ray``: one process) in its own process group, output to ``log``."""
+    cmd = [sys.executable, "-m", "serving.main", "--port", str(port), *(["--config", config] if config else []),
+           *(["--no-ray"] if no_ray else [])]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
