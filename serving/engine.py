@@ -71,11 +71,11 @@ class Engine:
             if not e.trained_alone:
                 raise ArtifactError(f"tasks_alone.{t} = {name!r} was trained on top of a language adapter; the "
                                     f"task_only route needs a task adapter trained without one")
-        self._refresh_detector()
         try:  # measured route scores, under the codes requests are routed with
             self.routing = keyed_by_code(read_manifest(settings.adapter_store).get("routing") or {}, self._code_of)
         except RouteError as e:
             raise ArtifactError(str(e)) from None
+        self._refresh_detector()
         b = settings.batching
         # windows never exceed the backbone's positions (smaller windows, never truncated input)
         self.ner_window = min(b.ner_window, self.model.max_positions)
@@ -433,11 +433,22 @@ class Engine:
             return {"unloaded": name}
 
     def _refresh_detector(self) -> None:
-        """Rebuild the detector for the served languages. After an admin op has been applied, a profile
-        file that cannot be read keeps the previous detector (the op stands; a warning is logged)."""
+        """Rebuild the detector for the languages the server routes deliberately: those with a served
+        adapter and those with routing evidence (a language served by ``task_only`` because its evidence
+        says so must still be recognised, or its text would be routed as a language CLD2 confuses it
+        with: Pidgin as English). After an admin op has been applied, a profile file that cannot be
+        read keeps the previous detector (the op stands; a warning is logged)."""
         try:
             profiles = load_profiles(self.s.adapter_store)
-            self.detector = Detector({k: v for k, v in profiles.items() if k in self.languages()})
+            keep = set(self.languages()) | set(self.routing.get("evidence") or {})
+
+            def kept(tag: str) -> bool:
+                try:
+                    return tag in keep or self._code_of(tag) in keep
+                except ValueError:
+                    return False
+
+            self.detector = Detector({k: v for k, v in profiles.items() if kept(k)})
         except (OSError, ValueError) as e:
             if not hasattr(self, "detector"):
                 raise ArtifactError(f"language profiles of {self.s.adapter_store}: {e}") from None

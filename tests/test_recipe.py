@@ -82,6 +82,23 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_second_run_does_nothing(tmp_path, c
     assert checksums(shipped) == sums and f"{len(sums)} of {len(sums)} files identical" in out
 
 
+def test_a_language_the_evidence_routes_keeps_its_detector_profile_when_its_adapter_is_left_out(tmp_path, capsys):
+    from madx.backbone import load_backbone
+    from madx.langid import load_profiles
+    from madx.model import MadxModel
+    from madx.train.ship import ship
+
+    recipe, store = write(tmp_path, tiny_recipe()), tmp_path / "store"
+    assert run(recipe, store) == 0
+    bb = load_backbone(TINY)
+    ship(MadxModel(bb.model, bb.name), store, tmp_path / "sw-only", ["sw"], {"ner": "ner-madx", "ner-alone": "ner-alone"})
+    m = read_manifest(tmp_path / "sw-only")
+    assert sorted(n for n, e in m["adapters"].items() if e["kind"] == "language") == ["sw"]
+    assert "yo" in m["routing"]["evidence"] and set(load_profiles(tmp_path / "sw-only")) == {"sw", "yo"}
+    ship(MadxModel(bb.model, bb.name), store, tmp_path / "no-evidence", ["sw"], {"ner": "ner-madx"}, routing=False)
+    assert set(load_profiles(tmp_path / "no-evidence")) == {"sw"}
+
+
 def test_evidence_measures_another_stacked_task_adapter_and_ships_it_under_its_served_name(tmp_path, capsys):
     recipe, store, shipped = write(tmp_path, tiny_recipe(also=True)), tmp_path / "store", tmp_path / "shipped"
     assert run(recipe, store, "--ship", "--ship-to", str(shipped)) == 0

@@ -3,7 +3,8 @@ the server loads (``madx/default_store`` by default).
 
 Weights are stored as float16 (half the size; loading casts back to the model's dtype). Each entry
 keeps its training metrics, data provenance, training config and the name it was trained as; the
-detector profiles of the shipped languages and the frozen MLM head are copied. The routing evidence
+detector profiles of the shipped languages and of the languages the evidence routes, and the frozen
+MLM head, are copied. The routing evidence
 of the training store is carried over with the routes that need an adapter the store leaves out
 moved to ``not_served`` (the server never picks them), and the task adapters it was measured with
 mapped to their served names. The new store is built beside the destination and swapped in whole.
@@ -97,14 +98,16 @@ def ship(model: MadxModel, source: Path, dest: Path, languages: Sequence[str], t
             model.remove_adapter(served)
         if (source / MLM_HEAD_DIR).exists():  # the frozen head the language adapters were trained through
             shutil.copytree(source / MLM_HEAD_DIR, tmp / MLM_HEAD_DIR)
+        rt = read_manifest(source).get("routing")
+        shipped = served_routing(rt, set(languages), dict(tasks)) if routing and rt else None
+        if shipped is not None:
+            update_manifest(tmp, lambda m: m.__setitem__("routing", shipped))
+        # the detector profiles of the shipped languages and of those the evidence routes (the server
+        # recognises both, serving/engine.py)
         profiles = load_profiles(source)
-        for lang in languages:
+        for lang in sorted({*languages, *((shipped or {}).get("evidence") or {})}):
             if lang in profiles:
                 save_profile(tmp, lang, profiles[lang])
-        rt = read_manifest(source).get("routing")
-        if routing and rt:
-            shipped = served_routing(rt, set(languages), {s: n for s, n in tasks.items()})
-            update_manifest(tmp, lambda m: m.__setitem__("routing", shipped))
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)

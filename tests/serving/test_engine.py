@@ -382,6 +382,29 @@ def test_evidence_under_a_language_alias_is_found(make_engine, tiny_store, tmp_p
     assert r.name == "task_only" and "measured routes on tw's dev data" in r.reason, r.reason  # not the default
 
 
+def test_a_language_with_evidence_and_no_adapter_is_still_recognised(make_engine, tiny_store, tmp_path):
+    """A store ships a language's detector profile when its evidence routes it (to task_only, say)
+    though its adapter is left out. Before, the detector kept only the served adapters' profiles, so
+    Pidgin was detected as English and routed by English's evidence."""
+    from madx.langid import build_profile, save_profile
+
+    from ..test_langid import ENGLISH, PIDGIN
+
+    store = routed_store(tiny_store, tmp_path)
+    save_profile(store, "en", build_profile(ENGLISH * 20))
+    save_profile(store, "pcm", build_profile(PIDGIN * 20))
+    save_profile(store, "yo", build_profile(["Ọmọ náà ń sunkún nítorí ìyá rẹ̀ kò tíì padà dé."] * 20))  # no evidence
+    m = json.loads((store / "manifest.json").read_text())
+    m["routing"]["evidence"]["pcm"] = {"ner": {"measured_on": "pcm", "metric": "F1",
+                                               "scores": {"task_only": 76.0, "english": 73.0}}}
+    (store / "manifest.json").write_text(json.dumps(m))
+    eng = make_engine(store=store)
+    assert "pcm" not in eng.languages() and set(eng.detector.profiles.profiles) == {"en", "sw", "de", "pcm"}
+    r = eng.route("ner", None, "Dem don carry the matter go court wey dey Lagos, na so the oga talk.")
+    assert (r.language, r.source, r.name) == ("pcm", "detected", "task_only"), (r.language, r.reason)
+    assert "pcm's dev data" in r.reason or "its own dev data" in r.reason
+
+
 def test_two_evidence_entries_for_one_language_are_refused(make_engine, tiny_store, tmp_path):
     store = routed_store(tiny_store, tmp_path)
     m = json.loads((store / "manifest.json").read_text())
