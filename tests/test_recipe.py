@@ -156,6 +156,19 @@ def test_a_step_made_differently_is_refused_and_new_adapters_re_measure_the_evid
     assert run(grown, store) == 0
     assert "evidence evidence: re-measures (adapters it measures changed since it was measured: rw)" in capsys.readouterr().out
     assert "rw" in read_manifest(store)["routing"]["adapters"]
+    # a task adapter the evidence does not name (another task's, a later seed's): nothing re-measured
+    more = tiny_recipe(extra_lang=True)
+    more["steps"].append({"task": "ner-later-s1", "use": ["small", "ner"], "with": {"seed": 1}})
+    more = write(tmp_path, more, "more.yaml")
+    assert run(more, store, "--dry-run") == 0
+    assert "evidence evidence: done (matches the recipe)" in capsys.readouterr().out
+    before = read_manifest(store)["routing"]
+    assert run(more, store) == 0
+    out = capsys.readouterr().out
+    assert "task ner-later-s1: runs" in out and "evidence evidence: done (matches the recipe)" in out
+    assert run(more, store) == 0  # and once that adapter is in the store (was: re-measured every run)
+    assert "evidence evidence: done (matches the recipe)" in capsys.readouterr().out
+    assert read_manifest(store)["routing"] == before
 
 
 def test_an_evaluation_is_re_measured_only_when_an_adapter_it_runs_changes(tmp_path, capsys):

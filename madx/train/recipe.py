@@ -262,12 +262,19 @@ def status(parser: argparse.ArgumentParser, recipe: Recipe, step: Step, store: P
 
 def measured_adapters(parser: argparse.ArgumentParser, recipe: Recipe, step: Step, store: Path,
                       data: Path) -> set[str] | None:
-    """The adapters an evaluation step runs (its task adapter and the language adapters of its
-    targets), so that adding an unrelated adapter to the store does not re-measure it; None (all of
-    them) for routing evidence, which measures every route of every served language."""
-    if step.run != "eval":
+    """The adapters a derived step runs, so that adding an unrelated adapter to the store does not
+    re-measure it: an evaluation's task adapter and the language adapters of its targets; routing
+    evidence's named task adapters (of its tasks) and every language adapter of the store (it
+    measures every route of every language). None (all of them) for other steps."""
+    if step.run not in ("eval", "evidence"):
         return None
     a = parse(parser, step_argv(recipe, step, store, data))
+    if step.run == "evidence":
+        named = {kv.split("=", 1)[1] for kv in [*a["task_adapter"], *a["alone"], *a["also_stacked"]]
+                 if kv.split("=", 1)[0] in a["tasks"]}
+        manifest = store / "manifest.json"
+        entries = json.loads(manifest.read_text())["adapters"] if manifest.exists() else {}
+        return named | {n for n, e in entries.items() if e.get("kind") == "language"}
     langs: set[str] = set()
     if not a["no_lang_adapter"]:
         langs = ({a["fixed_lang_adapter"]} if a["fixed_lang_adapter"] else

@@ -84,7 +84,7 @@ def run(args) -> int:
         except RecipeError as e:
             print(f"error: step {i} ({step.run} {step.name}): {e}", file=sys.stderr)
             return 2
-    ran_eval, adds = False, set()  # adds: the adapters a dry run would add before the later steps
+    ran_eval, adds = False, {}  # adds: {adapter: step kind} a dry run would add before the later steps
     for i, step in enumerate(recipe.steps, 1):
         try:
             argv = step_argv(recipe, step, store, data)
@@ -92,12 +92,14 @@ def run(args) -> int:
         except (RecipeError, KeyError, json.JSONDecodeError) as e:
             print(f"error: step {i} ({step.run} {step.name}): {e}", file=sys.stderr)
             return 2
-        uses = measured_adapters(parser, recipe, step, store, data) if step.run in ("evidence", "eval") else None
-        added = sorted(adds if uses is None else adds & uses)
+        uses = measured_adapters(parser, recipe, step, store, data)
+        # evidence measures every language adapter, those that earlier steps would add too
+        added = sorted(adds if uses is None else
+                       {a for a in adds if a in uses or (step.run == "evidence" and adds[a] != "task")})
         if state == "done" and added and step.run in ("evidence", "eval"):
             state, why = "stale", [f"earlier steps add adapters it measures: {', '.join(added)}"]
         if state == "todo" and step.run in ("lang", "derive", "task"):
-            adds.add(step.name)
+            adds[step.name] = step.run
         if state == "done":
             _line(i, n, step, "done (matches the recipe)")
             continue
