@@ -205,6 +205,8 @@ def test_an_evaluation_is_re_measured_only_when_an_adapter_it_runs_changes(tmp_p
     ({"steps": [{"lang": "sw"}, {"task": "sw"}]}, "makes the same artifact as step 1"),
     ({"steps": [{"lang": "a b"}]}, "String should match pattern"),
     ({"steps": [{"lang": "sw"}], "shipp": {}}, "shipp: Extra inputs are not permitted"),
+    ({"steps": [{"evidence": "ev-a"}, {"lang": "sw"}, {"evidence": "ev-b"}]},
+     "steps 1 (ev-a), 3 (ev-b) are evidence steps; a store holds one routing evidence"),
 ])
 def test_bad_recipes_say_where_and_why(tmp_path, recipe, message):
     with pytest.raises(RecipeError, match=None) as e:

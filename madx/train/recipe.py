@@ -104,6 +104,10 @@ class Recipe(BaseModel):
             if key in seen:
                 raise ValueError(f"step {i} ({s.run} {s.name}) makes the same artifact as step {seen[key]}")
             seen[key] = i
+        evidence = [f"{i} ({s.name})" for i, s in enumerate(self.steps, 1) if s.run == "evidence"]
+        if len(evidence) > 1:  # each would find the other's record and re-measure, run after run
+            raise ValueError(f"steps {', '.join(evidence)} are evidence steps; a store holds one routing evidence, "
+                             f"so a recipe has at most one")
         return self
 
 
