@@ -265,10 +265,13 @@ def main(argv=None) -> int:
                     help="HTTP servers to measure: Ray with one hop or two, or madx-serve --no-ray (one process)")
     ap.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the served runs (e.g. MADX_THREADS=1)")
     ap.add_argument("--only", nargs="*", default=None, help="engine rows to run (default all), e.g. engine_mixed")
+    ap.add_argument("--batching", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="engine batching settings to try (e.g. max_batch_rows=128 max_pass_ms=1000)")
     args = ap.parse_args(argv)
 
     engine = Engine(load_settings(env={}, backbone_dtype=args.backbone_dtype, adapter_dtype=args.adapter_dtype,
-                                  batching={"adapter_kernel": args.adapter_kernel}))
+                                  batching={"adapter_kernel": args.adapter_kernel,
+                                            **dict(kv.split("=", 1) for kv in args.batching)}))
     mixed, uniform = workload(args.requests, 0, False), workload(args.requests, 0, True)
     seqs = windows(engine, mixed)
     res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -277,7 +280,7 @@ def main(argv=None) -> int:
                  "tokens": sum(map(len, seqs)), "stacks_in_mixed": len({lang for _, lang in mixed}),
                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                  "backbone_dtype": engine.model.backbone_dtype, "adapter_kernel": engine.model.adapter_kernel,
-                 "adapter_dtype": args.adapter_dtype}
+                 "adapter_dtype": args.adapter_dtype, "batching": engine.s.batching.model_dump()}
     asyncio.run(engine.ner(["warm up"], "en"))
     # torch work on the engine's compute thread, as the server does it (serving/compute.py)
     compute.run_sync(bench_backbone, engine, seqs[:64], 1)
