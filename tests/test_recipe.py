@@ -80,6 +80,15 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_second_run_does_nothing(tmp_path, c
     assert out.count("done (matches the recipe)") == 6 and "done in" not in out
     assert mtimes(store) == before  # nothing retrained, nothing re-measured
     assert checksums(shipped) == sums and f"{len(sums)} of {len(sums)} files identical" in out
+    # --ship-only: the same store, without running a step the ship section does not need
+    more = tiny_recipe()
+    more["steps"].append({"task": "ner-later-s1", "use": ["small", "ner"], "with": {"seed": 1}})
+    assert run(write(tmp_path, more, "more.yaml"), store, "--ship-only", "--ship-to", str(tmp_path / "again")) == 0
+    out = capsys.readouterr().out
+    assert ": runs" not in out and "ner-later-s1" not in read_manifest(store)["adapters"]
+    assert checksums(tmp_path / "again") == sums
+    assert run(recipe, tmp_path / "empty", "--ship-only", "--ship-to", str(tmp_path / "none")) == 2
+    assert "step 1 (mlm-head _mlm_head) is not done (todo); run the recipe first" in capsys.readouterr().err
 
 
 def test_a_language_the_evidence_routes_keeps_its_detector_profile_when_its_adapter_is_left_out(tmp_path, capsys):

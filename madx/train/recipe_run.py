@@ -6,6 +6,8 @@ stopped by the time budget keeps its checkpoint, and the next run resumes it; a 
 one line when it starts and one when it ends. ``--dry-run`` lists what would run and changes nothing;
 ``--ship`` then builds the served store (``madx/default_store`` unless ``--ship-to``) from the recipe's
 ``ship`` section, and ``--compare DIR`` lists the files of the shipped store that differ from DIR's.
+``--ship-only`` ships without running anything, once the steps the ship section needs are done (a
+recipe may go on with steps the served store does not use, such as further seeds).
 
 Exit codes: 0 every step done; 3 stopped by ``--max-minutes`` (re-run the same command to resume);
 2 the recipe cannot run as written (the message says which step and why).
@@ -63,11 +65,8 @@ def _report(recipe: Recipe, store: Path, root: Path) -> None:
 
 
 def run(args) -> int:
-    from ..backbone import load_backbone
-    from ..model import MadxModel
     from . import corpus
     from .cli import build_parser, main
-    from .ship import checksums, ship
 
     try:
         recipe = load_recipe(args.recipe)
@@ -84,6 +83,8 @@ def run(args) -> int:
         except RecipeError as e:
             print(f"error: step {i} ({step.run} {step.name}): {e}", file=sys.stderr)
             return 2
+    if args.ship_only:
+        return _ship_only(args, recipe, store, data, parser)
     ran_eval, adds = False, {}  # adds: {adapter: step kind} a dry run would add before the later steps
     for i, step in enumerate(recipe.steps, 1):
         try:
@@ -142,23 +143,53 @@ def run(args) -> int:
         if ran_eval or not out.exists():
             _report(recipe, store, root)
     if args.ship and not args.dry_run:
-        if recipe.ship is None:
-            print("error: --ship: the recipe has no ship section", file=sys.stderr)
-            return 2
-        bb = load_backbone(recipe.backbone)
-        dest = args.ship_to or DEFAULT_SHIP
-        sums = ship(MadxModel(bb.model, bb.name), store, dest, recipe.ship.languages, recipe.ship.tasks, recipe.ship.routing)
-        size = sum((dest / f).stat().st_size for f in sums)
-        print(f"shipped {len(recipe.ship.languages)} language and {len(recipe.ship.tasks)} task adapters to {dest} "
-              f"({size / 2**20:.1f} MiB)")
-        if args.compare:
-            other = checksums(args.compare)
-            for f in sorted(set(sums) | set(other)):
-                if sums.get(f) != other.get(f):
-                    print(f"differs from {args.compare}: {f} "
-                          f"({'missing there' if f not in other else 'missing here' if f not in sums else 'other bytes'})")
-            print(f"{sum(sums.get(f) == other.get(f) for f in sums)} of {len(sums)} files identical to {args.compare}")
+        return _ship(args, recipe, store)
     return 0
+
+
+def _ship(args, recipe: Recipe, store: Path) -> int:
+    from ..backbone import load_backbone
+    from ..model import MadxModel
+    from .ship import checksums, ship
+
+    if recipe.ship is None:
+        print("error: --ship: the recipe has no ship section", file=sys.stderr)
+        return 2
+    bb = load_backbone(recipe.backbone)
+    dest = args.ship_to or DEFAULT_SHIP
+    sums = ship(MadxModel(bb.model, bb.name), store, dest, recipe.ship.languages, recipe.ship.tasks, recipe.ship.routing)
+    size = sum((dest / f).stat().st_size for f in sums)
+    print(f"shipped {len(recipe.ship.languages)} language and {len(recipe.ship.tasks)} task adapters to {dest} "
+          f"({size / 2**20:.1f} MiB)")
+    if args.compare:
+        other = checksums(args.compare)
+        for f in sorted(set(sums) | set(other)):
+            if sums.get(f) != other.get(f):
+                print(f"differs from {args.compare}: {f} "
+                      f"({'missing there' if f not in other else 'missing here' if f not in sums else 'other bytes'})")
+        print(f"{sum(sums.get(f) == other.get(f) for f in sums)} of {len(sums)} files identical to {args.compare}")
+    return 0
+
+
+def _ship_only(args, recipe: Recipe, store: Path, data: Path, parser) -> int:
+    """Ship from what the ship section needs (its adapters, the MLM head, the routing evidence), each
+    of which must be done as the recipe describes it; the recipe's other steps are not looked at."""
+    if recipe.ship is None:
+        print("error: --ship-only: the recipe has no ship section", file=sys.stderr)
+        return 2
+    needed = {*recipe.ship.languages, *recipe.ship.tasks.values()}
+    for i, step in enumerate(recipe.steps, 1):
+        if step.name in needed or step.run in ("fit-head", "mlm-head") or (step.run == "evidence" and recipe.ship.routing):
+            state, why = status(parser, recipe, step, store, data)
+            if state != "done":
+                print(f"error: --ship-only: step {i} ({step.run} {step.name}) is not done ({state}"
+                      f"{': ' + '; '.join(why) if why else ''}); run the recipe first", file=sys.stderr)
+                return 2
+            needed.discard(step.name)
+    if needed:
+        print(f"error: --ship-only: no step of the recipe makes {sorted(needed)}", file=sys.stderr)
+        return 2
+    return _ship(args, recipe, store)
 
 
 def add_parser(sub) -> None:
@@ -170,7 +201,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="time budget of this run (training resumes next run)")
     p.add_argument("--dry-run", action="store_true", help="list each step and whether it would run; change nothing")
     p.add_argument("--ship", action="store_true", help="then build the served store from the recipe's ship section")
-    p.add_argument("--ship-to", type=Path, default=None, help=f"where --ship writes (default {DEFAULT_SHIP})")
+    p.add_argument("--ship-only", action="store_true",
+                   help="only build the served store, from the steps the ship section needs (each must be done)")
+    p.add_argument("--ship-to", type=Path, default=None, help=f"where --ship and --ship-only write (default {DEFAULT_SHIP})")
     p.add_argument("--compare", type=Path, default=None, help="after --ship, list files that differ from this store")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bars inside steps (the step lines stay)")
