@@ -1,6 +1,6 @@
 """`madx-train`: make the adapters the server loads, measure them, and rebuild a store from its recipe.
 
-    madx-train recipe   recipes/default_store.yaml --out STORE [--max-minutes M] [--dry-run] [--ship]
+    madx-train recipe   recipes/multisource.yaml --out STORE [--max-minutes M] [--dry-run] [--ship | --ship-only]
     madx-train fit-head --store S                        the frozen MLM head of a backbone without one
     madx-train mlm-head --store S (--from-backbone | --text F...)
     madx-train lang     --store S --language sw (--corpus | --text F...) [--no-invertible]
