@@ -24,6 +24,8 @@ NER = [
     "東京都知事の小池百合子は大阪を訪れた。",
     "Perezida Paul Kagame yahuye n’intumwa i Kigali.",
     "Владимир Путин встретился с делегацией ООН в Москве.",
+    "ጠቅላይ ሚኒስትር ዐቢይ አሕመድ ትናንት በአዲስ አበባ ከተባበሩት መንግሥታት ልዑካን ጋር ተወያዩ።",
+    "Bola Tinubu don travel go Abuja yesterday, and im people dey wait am for airport.",
 ]
 QA_CONTEXT = ("Safaricom is a Kenyan mobile network operator headquartered at Safaricom House in Nairobi. "
               "It was launched in 1997 as a fully owned subsidiary of Telkom Kenya. In May 2000, Vodafone "
