@@ -151,6 +151,19 @@ def load_profiles(store: str | Path) -> dict[str, dict[str, float]]:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def profiles_of(profiles: dict[str, dict[str, float]], languages: set[str], code_of) -> dict[str, dict[str, float]]:
+    """The profiles of ``languages``, each found under its own name or under a name whose
+    ``code_of(name)`` is in ``languages`` (a name ``code_of`` refuses with a ValueError matches only
+    itself)."""
+    def code(tag: str) -> str | None:
+        try:
+            return code_of(tag)
+        except ValueError:
+            return None
+
+    return {k: v for k, v in profiles.items() if k in languages or code(k) in languages}
+
+
 def save_profile(store: str | Path, language: str, profile: dict[str, float]) -> Path:
     p = profiles_path(store)
     p.parent.mkdir(parents=True, exist_ok=True)

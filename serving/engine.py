@@ -19,7 +19,7 @@ from madx.backbone import load_backbone
 from madx.config import AdapterStack
 from madx.decode import best_spans, softmax, word_predictions
 from madx.features import pad, qa_windows
-from madx.langid import Detector, load_profiles
+from madx.langid import Detector, load_profiles, profiles_of
 from madx.language_codes import LanguageCodeError, canonical
 from madx.model import MadxModel
 from madx.precision import set_backbone_dtype, slow_precision
@@ -433,22 +433,12 @@ class Engine:
             return {"unloaded": name}
 
     def _refresh_detector(self) -> None:
-        """Rebuild the detector for the languages the server routes deliberately: those with a served
-        adapter and those with routing evidence (a language served by ``task_only`` because its evidence
-        says so must still be recognised, or its text would be routed as a language CLD2 confuses it
-        with: Pidgin as English). After an admin op has been applied, a profile file that cannot be
-        read keeps the previous detector (the op stands; a warning is logged)."""
+        """Rebuild the detector for the languages with a served adapter or with routing evidence (one
+        served task_only by its evidence must still be recognised: Pidgin, not English). After an admin
+        op has been applied, a profile file that cannot be read keeps the previous detector (logged)."""
+        keep = set(self.languages()) | set(self.routing.get("evidence") or {})
         try:
-            profiles = load_profiles(self.s.adapter_store)
-            keep = set(self.languages()) | set(self.routing.get("evidence") or {})
-
-            def kept(tag: str) -> bool:
-                try:
-                    return tag in keep or self._code_of(tag) in keep
-                except ValueError:
-                    return False
-
-            self.detector = Detector({k: v for k, v in profiles.items() if kept(k)})
+            self.detector = Detector(profiles_of(load_profiles(self.s.adapter_store), keep, self._code_of))
         except (OSError, ValueError) as e:
             if not hasattr(self, "detector"):
                 raise ArtifactError(f"language profiles of {self.s.adapter_store}: {e}") from None
