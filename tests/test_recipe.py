@@ -280,3 +280,37 @@ def test_the_report_holds_every_row_measured_so_far_when_a_later_step_stops(tmp_
     assert run(write(tmp_path, r), tmp_path / "store") == 3
     rows = json.loads((tmp_path / "report.json").read_text())
     assert sorted(x["row"] for x in rows) == ["alone", "madx"]
+
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+# the file names of held-out splits: MasakhaNER and WikiANN test splits, XQuAD, MLQA
+HELD_OUT = ("/test.txt", "/test-", "xquad.", "mlqa")
+
+
+def step_values(recipe_path: Path, data: Path) -> list[tuple[str, list[str]]]:
+    recipe = load_recipe(recipe_path)
+    return [(s.name, step_argv(recipe, s, Path("store"), data)) for s in recipe.steps]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_step_of_the_repository_recipes_is_a_valid_command(path):
+    from madx.train.recipe import parse
+
+    parser = build_parser()
+    for name, argv in step_values(path, Path("/data")):
+        assert parse(parser, argv), name
+
+
+def test_the_training_recipe_reads_no_held_out_split_and_the_test_recipe_only_evaluates():
+    """recipes/multisource.yaml makes every choice on dev data: no step reads a test split (its QA
+    step names XQuAD only to remove those contexts from SQuAD). recipes/multisource_test.yaml trains
+    nothing and evaluates only adapters the training recipe makes."""
+    root = Path(__file__).parents[1] / "recipes"
+    for name, argv in step_values(root / "multisource.yaml", Path("/data")):
+        values = [v for i, v in enumerate(argv) if i == 0 or argv[i - 1] != "--exclude-squad"]
+        leaked = [v for v in values if any(h in v for h in HELD_OUT)]
+        assert not leaked and "--context-half" not in argv or argv[argv.index("--context-half") + 1] == "dev", (name, leaked)
+    made = {s.name for s in load_recipe(root / "multisource.yaml").steps if s.run == "task"}
+    test = load_recipe(root / "multisource_test.yaml")
+    assert {s.run for s in test.steps} == {"eval"}
+    assert {s.options["task-adapter"] for s in test.steps} <= made

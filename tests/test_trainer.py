@@ -385,6 +385,35 @@ def test_report_compares_rows_on_the_same_targets_with_their_spread(tmp_path, ca
     assert "(b) − (a), mean over the unseen targets: -10.0 (per seed: -10.0)" in text
 
 
+@pytest.mark.parametrize("group, expected", [
+    # both seeds of both rows have every target: means per seed, spread, difference to the first row
+    ("two=yo,sw", ["Mean over two (2 targets: yo, sw):", "- (a): 46.0 ±1.0 (seeds 0, 1)",
+                   "- (c): 47.0 ±0.0 (seeds 0, 1); − (a): +1.0 (per seed: +2.0, +0.0)"]),
+    # a target no row has: said, and no row has a mean
+    ("with-ha=yo,ha", ["Mean over with-ha (2 targets: yo, ha); not measured: ha:", "- (a): –", "- (c): –"]),
+    # seed 1 of (c) lacks ig: (c) has seed 0 only, compared on that seed
+    ("ig=yo,ig", ["- (a): 35.0 ±5.0 (seeds 0, 1)", "- (c): 38.0 (seeds 0); − (a): +8.0 (per seed: +8.0)"]),
+])
+def test_report_means_over_named_groups_of_targets(tmp_path, capsys, group, expected):
+    rows = [("(a)", 0, "yo", 30.0), ("(a)", 1, "yo", 32.0), ("(a)", 0, "sw", 60.0), ("(a)", 1, "sw", 62.0),
+            ("(a)", 0, "ig", 30.0), ("(a)", 1, "ig", 48.0), ("(c)", 0, "ig", 40.0),
+            ("(c)", 0, "yo", 36.0), ("(c)", 1, "yo", 34.0), ("(c)", 0, "sw", 58.0), ("(c)", 1, "sw", 60.0)]
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps([{"row": r, "seed": s, "task": "ner", "language": lang, "f1": f}
+                               for r, s, lang, f in rows]))
+    assert main(["report", str(out), "--group", group]) == 0
+    text = capsys.readouterr().out
+    for line in expected:
+        assert line in text.splitlines(), (line, text)
+
+
+@pytest.mark.parametrize("bad", ["noequals", "name=", "=yo,sw"])
+def test_a_bad_group_is_refused_with_its_value(capsys, bad):
+    with pytest.raises(SystemExit):
+        main(["report", "r.json", "--group", bad])
+    assert f"{bad!r} is not NAME=TARGET,TARGET,..." in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_stops_training_in_one_line_even_when_started_in_the_background(capsys, sig):
     """Was: a run started with `cmd &` inherits SIGINT ignored, so Ctrl-C's signal (and `pkill -INT`)

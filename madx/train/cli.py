@@ -8,7 +8,7 @@
     madx-train task     --store S --task ner|qa --name N --train F... [--lang-adapter en]
     madx-train evidence --store S --task-adapter ner=N --alone ner=N     routing evidence, on dev data
     madx-train eval     --store S --task-adapter N --test sw=F ... --row "MAD-X" --out results.json
-    madx-train report   results.json [--md RESULTS.md]
+    madx-train report   results.json [--md RESULTS.md] [--group NAME=T1,T2,...]
 
 Every training command shows a progress bar (loss, tokens/s, ETA), checkpoints to
 ``<store>/.checkpoints/`` and resumes from there when re-run with the same arguments, and obeys
@@ -51,6 +51,14 @@ def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, m
                    help="the frozen backbone's precision while training (adapters and their updates stay fp32)")
     p.add_argument("--no-progress", action="store_true")
 
+
+
+def _group(value: str) -> tuple[str, list[str]]:
+    name, _, targets = value.partition("=")
+    members = [t for t in targets.split(",") if t]
+    if not name or not members:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=TARGET,TARGET,... (e.g. zero-shot=zu,xh)")
+    return name, members
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path)
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--source", default="en")
+    p.add_argument("--group", dest="groups", nargs="+", default=[], type=_group, metavar="NAME=T1,T2,...",
+                   help="also report each row's mean over these targets (e.g. the languages without labels)")
     p.set_defaults(fn=cmd_report)
     return ap
 

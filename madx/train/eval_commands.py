@@ -79,6 +79,32 @@ def _common_targets(group: list[str], names: list[str], has: set[tuple[str, str]
     return [lang for lang in group if all((n, lang) in has for n in rows_in)]
 
 
+def _group_lines(groups: dict[str, list[str]], langs: list[str], names: list[str], seeds: list,
+                 cell: dict) -> list[str]:
+    """Per named group of targets (e.g. the languages without labelled data): each row's mean over the
+    group for every seed that has all of its targets, ± half the range over seeds, and each row's
+    difference to the first row per seed. Groups none of whose targets this task has are left out."""
+    out = []
+    for g, members in groups.items():
+        if not any(t in langs for t in members):
+            continue
+        missing = [t for t in members if t not in langs]
+        per_row = {n: {sd: sum(cell[(n, t, sd)]["f1"] for t in members) / len(members) for sd in seeds
+                       if all((n, t, sd) in cell for t in members)} for n in names}
+        out += ["", f"Mean over {g} ({len(members)} targets: {', '.join(members)})"
+                + (f"; not measured: {', '.join(missing)}" if missing else "") + ":", ""]
+        base = per_row[names[0]]
+        for n in names:
+            by_seed = per_row[n]
+            both = [sd for sd in by_seed if sd in base]
+            diff = "" if n == names[0] or not both else (
+                f"; − {names[0]}: {sum(by_seed[sd] - base[sd] for sd in both) / len(both):+.1f} "
+                f"(per seed: {', '.join(f'{by_seed[sd] - base[sd]:+.1f}' for sd in both)})")
+            seeds_of = f" (seeds {', '.join(map(str, by_seed))})" if by_seed else ""
+            out.append(f"- {n}: {_mean_spread(list(by_seed.values()))}{seeds_of}{diff}")
+    return out
+
+
 def cmd_report(args) -> int:
     """Results JSON -> Markdown: per row and target, the mean over seeds and its spread (half the
     range); languages the backbone saw in pre-training marked †; means over the unseen and the seen
@@ -142,6 +168,7 @@ def cmd_report(args) -> int:
                 k = len({lang for lang in langs for sd in seeds if (n, lang, sd) in cell and (base, lang, sd) in cell})
                 lines.append(f"- {n} − {base}, mean over all {k} targets both have: "
                              f"{sum(a - b for a, b in pairs) / len(pairs):+.1f}")
+        lines += _group_lines(dict(getattr(args, "groups", None) or []), langs, names, seeds, cell)
         lines.append("")
     text = "\n".join(lines)
     if args.md:

@@ -82,6 +82,7 @@ class Report(BaseModel):
     out: str  # results JSON (relative to the repository root, or absolute)
     md: str | None = None
     source: str = "en"
+    groups: dict[str, list[str]] = {}  # also each row's mean over these targets (madx-train report --group)
 
 
 class Recipe(BaseModel):

@@ -61,7 +61,8 @@ def _report(recipe: Recipe, store: Path, root: Path) -> None:
     out = Path(recipe.report.out) if Path(recipe.report.out).is_absolute() else root / recipe.report.out
     out.write_text(json.dumps(rows, indent=1) + "\n")
     md = None if recipe.report.md is None else (root / recipe.report.md)
-    cmd_report(type("Args", (), {"results": out, "md": md, "source": recipe.report.source})())
+    cmd_report(type("Args", (), {"results": out, "md": md, "source": recipe.report.source,
+                                 "groups": list(recipe.report.groups.items())})())
 
 
 def run(args) -> int:
