@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--drop-types", nargs="*", default=["DATE"])
     ap.add_argument("--max-examples", type=int, default=None, help="the first N sentences of each test file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--row", default="(r) routed by evidence", help="row label in the results table")
     ap.add_argument("--seed-label", type=int, default=0,
                     help="the seed of the shipped task adapters (rows are compared per seed)")
     args = ap.parse_args()
@@ -73,7 +74,7 @@ def main() -> int:
         stacks = choice.stacks
         data = read_conll(Path(path))
         data.sentences = data.sentences[:args.max_examples]
-        for row, st in (("(r) routed by evidence", stacks),):
+        for row, st in ((args.row, stacks),):
             t0 = time.monotonic()
             r = evaluate_ner(model, tok, st[0] if len(st) == 1 else st, data, drop_types=tuple(args.drop_types))
             out = {"row": row, "seed": args.seed_label, "task": "ner", "language": target, "route": choice.route,

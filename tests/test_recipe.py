@@ -314,3 +314,14 @@ def test_the_training_recipe_reads_no_held_out_split_and_the_test_recipe_only_ev
     test = load_recipe(root / "multisource_test.yaml")
     assert {s.run for s in test.steps} == {"eval"}
     assert {s.options["task-adapter"] for s in test.steps} <= made
+
+
+def test_evaluating_an_adapter_the_store_lacks_is_one_line_not_a_traceback(tmp_path, capsys):
+    """Was: a recipe whose eval step names a task adapter not trained yet ended in a traceback."""
+    store = tmp_path / "store"
+    assert run(write(tmp_path, tiny_recipe()), store) == 0
+    capsys.readouterr()
+    rc = main(["eval", "--store", str(store), "--backbone", TINY, "--task-adapter", "ner-s9", "--test", f"sw={NER}",
+               "--row", "x", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: adapter 'ner-s9' is not in ") and "Traceback" not in err

@@ -27,6 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..artifacts import ArtifactError
 from . import evidence, recipe_run
 from .data import DataError
 from .eval_commands import cmd_eval, cmd_report
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded in the artifacts: a recipe compares it with its steps
     try:
         return stoppable(args.fn, args)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, ArtifactError, FileNotFoundError) as e:  # a bad input: one line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
