@@ -325,3 +325,21 @@ def test_evaluating_an_adapter_the_store_lacks_is_one_line_not_a_traceback(tmp_p
                "--row", "x", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: adapter 'ner-s9' is not in ") and "Traceback" not in err
+
+
+def test_evidence_measures_a_language_named_twice_on_both_of_its_dev_sets(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert run(write(tmp_path, tiny_recipe()), store) == 0
+    news = tmp_path / "masakhaner2" / "yor" / "dev.txt"
+    news.parent.mkdir(parents=True)
+    news.write_text(Path(NER).read_text())
+    assert main(["evidence", "--store", str(store), "--backbone", TINY, "--tasks", "ner", "--task-adapter", "ner=ner-madx",
+                 "--alone", "ner=ner-alone", "--ner-dev", f"yo={NER}", f"yo={news}", f"sw={NER}", "--max-dev", "5",
+                 "--resamples", "50", "--backbone-dtype", "fp32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ev = read_manifest(store)["routing"]["evidence"]
+    assert ev["yo"]["ner"]["dev_sets"] == ["masakhaner2/yor/dev.txt", "ner_en.conll"] and "dev_sets" not in ev["sw"]["ner"]
+    # the same sentences twice: the mean of the two sets is the one set's score, route by route
+    yo, sw = ev["yo"]["ner"]["scores"], ev["sw"]["ner"]["scores"]
+    assert {r: yo[r] for r in ("madx", "task_only")} == {r: sw[r] for r in ("madx", "task_only")}
+    assert "yo ner on yo dev (masakhaner2/yor/dev.txt): task_only" in out

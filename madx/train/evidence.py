@@ -2,7 +2,9 @@
 into the store's manifest; the server serves each language by it.
 
 For each language adapter L of the store (its manifest language), and each language with dev data
-but no adapter, on L's dev data (``corpus.NER_DEV`` / ``QA_DEV``, or ``--ner-dev`` / ``--qa-dev``), or on
+but no adapter, on L's dev data (``corpus.NER_DEV`` / ``QA_DEV``, or ``--ner-dev`` / ``--qa-dev``, where a
+language named twice has two dev sets: each route's score is their mean and its bootstrap is
+stratified by set, so a small set of one domain cannot carry a route alone), or on
 its related language's dev data where L has none: ``madx`` (L + task), ``task_only`` (the task
 adapter trained alone, which the server's ``task_only`` route runs), ``english`` (the source adapter
 + task), ``related:R`` (R = ``corpus.RELATED[L]``), ``ensemble:L+R`` and ``ensemble:L+none`` (the
@@ -30,6 +32,21 @@ from .route_evidence import language_evidence, measured_default
 from .train_commands import command_line, load_model
 
 
+def _by_language(pairs: list[tuple[str, Path]]) -> dict[str, list[Path]]:
+    """LANG=PATH pairs -> language -> its dev sets (a language named twice has two)."""
+    out: dict[str, list[Path]] = {}
+    for lang, path in pairs:
+        out.setdefault(lang, []).append(Path(path))
+    return out
+
+
+def _set_name(path: Path) -> str:
+    """A dev set's name in the evidence: its file name, with the data set's folder where the name is
+    generic (masakhaner2/yor/dev.txt -> masakhaner2/yor/dev.txt; dev-yo.tsv -> dev-yo.tsv)."""
+    p = Path(path)
+    return p.name if p.stem not in ("dev", "train", "test") else "/".join(p.parts[-3:])
+
+
 def _adapter_checksums(manifest: dict) -> dict[str, str]:
     return {n: e["sha256"]["adapter.safetensors"] for n, e in sorted(manifest["adapters"].items())}
 
@@ -43,8 +60,10 @@ def cmd_evidence(args) -> int:
     from .evaluate import evaluate_ner, evaluate_qa
 
     root = args.data or corpus.default_root()
-    dev_tables = {"ner": dict(lang_paths(args.ner_dev or [], "--ner-dev")) or {k: root / v for k, v in corpus.NER_DEV.items()},
-                  "qa": dict(lang_paths(args.qa_dev or [], "--qa-dev")) or {k: root / v for k, v in corpus.QA_DEV.items()}}
+    dev_tables = {"ner": _by_language(lang_paths(args.ner_dev or [], "--ner-dev"))
+                  or {k: [root / v] for k, v in corpus.NER_DEV.items()},
+                  "qa": _by_language(lang_paths(args.qa_dev or [], "--qa-dev"))
+                  or {k: [root / v] for k, v in corpus.QA_DEV.items()}}
     names = dict(x.split("=", 1) for x in args.task_adapter)
     alone = dict(x.split("=", 1) for x in args.alone)
     also: dict[str, list[str]] = {}
@@ -82,16 +101,19 @@ def cmd_evidence(args) -> int:
                     except RouteError:
                         continue
                     st = stacks[0] if len(stacks) == 1 else tuple(stacks)
-                    if task == "ner":
-                        data = read_conll(table[on])
-                        data.sentences = data.sentences[:args.max_dev]
-                        r = evaluate_ner(model, tok, st, data, drop_types=("DATE", "MISC"), words="segmented",
-                                         per_example=True)
-                    else:  # half the contexts (by hash) are QA dev; the other half stays a test set
-                        exs = [q for q in read_squad(table[on]) if corpus.heldout(q.context, 50)][:args.max_dev]
-                        r = evaluate_qa(model, tok, st, exs, blind=False, per_example=True)
-                    mine[route] = r["per_example"]
-                    print(f"{lang} {task} on {on} dev: {route} {r['f1']:.2f}", flush=True)
+                    per_set = {}
+                    for path in table[on]:  # a language's dev sets, each scored on its own
+                        if task == "ner":
+                            data = read_conll(path)
+                            data.sentences = data.sentences[:args.max_dev]
+                            r = evaluate_ner(model, tok, st, data, drop_types=("DATE", "MISC"), words="segmented",
+                                             per_example=True)
+                        else:  # half the contexts (by hash) are QA dev; the other half stays a test set
+                            exs = [q for q in read_squad(path) if corpus.heldout(q.context, 50)][:args.max_dev]
+                            r = evaluate_qa(model, tok, st, exs, blind=False, per_example=True)
+                        per_set[_set_name(path)] = r["per_example"]
+                        print(f"{lang} {task} on {on} dev ({_set_name(path)}): {route} {r['f1']:.2f}", flush=True)
+                    mine[route] = per_set if len(per_set) > 1 else next(iter(per_set.values()))
                 if not mine:
                     continue
                 evidence.setdefault(lang, {})[task] = {
@@ -125,7 +147,9 @@ def add_parser(sub) -> None:
     p.add_argument("--alone", nargs="*", default=[], help="TASK=NAME: the task adapter trained alone (the task_only route)")
     p.add_argument("--also-stacked", nargs="*", default=[],
                    help="TASK=NAME: another stacked task adapter, measured as route madx@NAME for every language adapter")
-    p.add_argument("--ner-dev", nargs="*", default=None, help="LANG=PATH CoNLL dev files (default: corpus.NER_DEV)")
+    p.add_argument("--ner-dev", nargs="*", default=None,
+                   help="LANG=PATH CoNLL dev files (default: corpus.NER_DEV); a language named twice is measured on both "
+                        "sets: each route's score is their mean, its bootstrap stratified by set")
     p.add_argument("--qa-dev", nargs="*", default=None, help="LANG=PATH SQuAD dev files (default: corpus.QA_DEV)")
     p.add_argument("--data", type=Path, default=None, help="shared data root (default ../shared/data)")
     p.add_argument("--max-dev", type=int, default=300)

@@ -72,14 +72,16 @@ def mean_of_scores(sums: np.ndarray) -> np.ndarray:
 
 
 def paired_bootstrap(groups: Sequence[tuple[Sequence, Sequence]], metric: Callable[[np.ndarray], np.ndarray],
-                     resamples: int = 2000, interval: float = 0.95, seed: int = 0) -> dict:
+                     resamples: int = 2000, interval: float = 0.95, seed: int = 0,
+                     weights: Sequence[float] | None = None) -> dict:
     """The difference A - B of a corpus metric between two systems scored on the same examples, with
     a percentile bootstrap interval (Koehn 2004; Berg-Kirkpatrick et al. 2012): the examples are
     resampled with replacement, the same draw for both systems, so what they share cancels.
 
     ``groups``: one (A rows, B rows) pair per data set, each row an example's additive counts (e.g.
     ``ner_f1``'s per_sentence, or (F1, 1) per question); each group is resampled on its own
-    (stratified) and the statistic is the mean over groups of metric(sum A) - metric(sum B).
+    (stratified) and the statistic is the mean over groups of metric(sum A) - metric(sum B) (weighted
+    by ``weights``, one per group, where given: e.g. a language's two dev sets at 1/2 each).
     ``metric`` maps summed rows (..., k) to scores (...), e.g. ``f1_of_counts``. Returns the observed
     ``delta``, the ``low``/``high`` ends of the central ``interval``, and ``p_not_better``: the share
     of resamples where A did not beat B."""
@@ -94,9 +96,12 @@ def paired_bootstrap(groups: Sequence[tuple[Sequence, Sequence]], metric: Callab
         observed.append(metric(a.sum(0)) - metric(b.sum(0)))
         idx = rng.integers(0, len(a), size=(resamples, len(a)))  # (resamples, examples)
         draws.append(metric(a[idx].sum(1)) - metric(b[idx].sum(1)))  # (resamples,)
-    d = np.mean(draws, axis=0)  # (resamples,)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if w is not None and (w.shape != (len(groups),) or (w < 0).any() or w.sum() <= 0):
+        raise ValueError(f"weights {list(weights)} must be {len(groups)} non-negative numbers, not all 0")
+    d = np.average(draws, axis=0, weights=w)  # (resamples,)
     tail = (1 - interval) / 2
-    return {"delta": float(np.mean(observed)), "low": float(np.quantile(d, tail)),
+    return {"delta": float(np.average(observed, weights=w)), "low": float(np.quantile(d, tail)),
             "high": float(np.quantile(d, 1 - tail)), "p_not_better": float(np.mean(d <= 0)),
             "resamples": resamples, "interval": interval, "examples": sum(len(a) for a, _ in groups)}
 
