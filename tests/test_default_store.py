@@ -124,7 +124,9 @@ def test_qa_answers_depend_on_the_question(engine, question, answer):
     ("am", "ensemble:am+none", [("am", "ner"), (None, "ner")], "beats task_only beyond noise"),
     ("ja", "ensemble:ja+none", [("ja", "ner"), (None, "ner")], "beats task_only beyond noise"),
     ("yo", "english", [("en", "ner")], "beats task_only beyond noise"),  # its own adapter's routes lost
-    ("sw", "task_only", [(None, "ner-alone")], "best of 2"),
+    # measured on two dev sets (WikiANN and MasakhaNER 2.0), the mean of both
+    ("sw", "ensemble:sw+none", [("sw", "ner"), (None, "ner")], "beats task_only beyond noise"),
+    ("rw", "task_only", [(None, "ner-alone")], "best of 2"),  # english won on news, lost on Wikipedia
     ("pcm", "task_only", [(None, "ner-alone")], "best of 3"),  # its adapter was left out: its routes lost
     ("zu", "task_only", [(None, "ner-alone")], "best of 2"),  # every route with an adapter lost beyond noise
     ("de", "task_only", [(None, "ner-alone")], "no evidence"),  # the best route over unseen languages
