@@ -161,3 +161,18 @@ def test_madx_serve_refuses_a_slow_precision_in_one_line_before_loading(monkeypa
     from serving.main import precision_problem
     from serving.settings import load_settings
     assert precision_problem(load_settings()) is None
+
+
+@pytest.mark.parametrize("fast, warned", [(False, True), (True, False)])
+def test_madx_train_warns_in_one_line_when_its_precision_is_emulated_here(monkeypatch, capsys, fast, warned):
+    import argparse
+
+    import madx.precision as p
+    from madx.train.train_commands import load_model
+
+    monkeypatch.setattr(p, "cpu_has_fast_bf16", lambda: fast)
+    model, _ = load_model(argparse.Namespace(threads=None, backbone="tiny-xlmr-0+xlmr", backbone_dtype="bf16"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert model.backbone_dtype == "bf16"  # runs as asked: a recipe's numbers depend on its precision
+    assert (err == [] if not warned else len(err) == 1 and err[0].startswith(
+        "warning: backbone_dtype 'bf16' would be slower than fp32 on this CPU") and "runs as asked" in err[0]), err

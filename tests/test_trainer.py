@@ -325,6 +325,21 @@ def test_cli_task_with_dev_set_epochs_and_warm_start(tmp_path, capsys):
         main([*ner, "--name", "c", "--steps", "1", "--init-from", "a", "--reduction-factor", "8"])
 
 
+@pytest.mark.parametrize("drop, rc", [([], 2), (["--drop-types", "DATE"], 0)])
+def test_single_source_ner_trains_and_scores_a_dropped_type_as_o(tmp_path, capsys, drop, rc):
+    dated = tmp_path / "dated.conll"  # MasakhaNER-style data: a DATE the adapter's labels lack
+    dated.write_text((FIX / "ner_en.conll").read_text().rstrip("\n") + "\n\nMonday\tB-DATE\nmorning\tI-DATE\n.\tO\n")
+    common = ["--store", str(tmp_path / "store"), "--backbone", TINY, "--no-progress", "--batch-size", "2", "--max-len", "32"]
+    assert main(["task", *common, "--task", "ner", "--name", "n", "--train", str(dated), "--dev", str(dated),
+                 "--steps", "1", *drop]) == rc
+    err = capsys.readouterr().err.strip().splitlines()
+    if rc:
+        assert len(err) == 1 and "'B-DATE'" in err[0] and "--drop-types DATE" in err[0], err
+    else:
+        m = read_manifest(tmp_path / "store")["adapters"]["n"]["metrics"]
+        assert m["dev"]["dev_sentences"] == 5 and len(m["dev_curve"]) == 1
+
+
 def test_an_ensemble_of_stacks_averages_their_logits():
     from madx.train.evaluate import logits_for
     from tests.helpers import NER_LABELS, add_random, tiny_madx

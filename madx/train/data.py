@@ -98,6 +98,13 @@ class QAExample:
     answers: tuple[tuple[str, int], ...] = field(default=())  # (text, char start)
 
 
+def read_ner_files(paths: Sequence[str | Path], labels: tuple[str, ...], drop: Sequence[str] = ()) -> NerFile:
+    """NER files merged into one; tags of a dropped type (e.g. DATE, which the labels lack) become O."""
+    sents = [Sentence(s.tokens, tuple("O" if t != "O" and t[2:] in drop else t for t in s.tags))
+             for p in paths for s in read_conll(p).sentences]
+    return NerFile(sents, labels)
+
+
 def read_squad(path: str | Path) -> list[QAExample]:
     """SQuAD v1.1-format JSON (SQuAD, XQuAD, MLQA, TyDiQA-GoldP). Duplicate ids are re-keyed
     ``id#2``, ``id#3`` ... (TyDiQA-GoldP train reuses small integers)."""

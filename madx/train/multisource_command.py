@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AdapterConfig, AdapterStack
-from .data import NerFile, Sentence, lang_paths, read_conll, read_squad
-
-
-def _ner_file(paths: list[Path], labels: tuple[str, ...], drop: set[str]) -> NerFile:
-    """One language's NER files merged; tags of a dropped type (e.g. DATE) become O."""
-    sents = [Sentence(s.tokens, tuple("O" if t != "O" and t[2:] in drop else t for t in s.tags))
-             for p in paths for s in read_conll(p).sentences]
-    return NerFile(sents, labels)
+from .data import lang_paths, read_conll, read_ner_files, read_squad
 
 
 def _halves(items: list[str]) -> dict[str, bool]:
@@ -94,7 +87,7 @@ def cmd_task_multisource(args) -> int:
         load_store(model, args.store, needed)
     by_lang = {lang: [p for lg, p in sources if lg == lang] for lang in langs}
     if args.task == "ner":
-        examples = {lg: ner_train_features(tok, _ner_file(ps, NER_LABELS, set(args.drop_types)), NER_LABELS, args.max_len)
+        examples = {lg: ner_train_features(tok, read_ner_files(ps, NER_LABELS, args.drop_types), NER_LABELS, args.max_len)
                     for lg, ps in by_lang.items()}
         cfg_a, loss = AdapterConfig.task(args.name, "ner", NER_LABELS, reduction_factor=args.reduction_factor), ner_loss
     else:

@@ -11,7 +11,7 @@ from ..config import AdapterStack
 from ..features import IGNORE, ner_features, pad, qa_windows
 from ..model import MadxModel
 from ..words import join_words
-from .data import NerFile, QAExample
+from .data import DataError, NerFile, QAExample
 from .loop import Batches, TrainConfig
 
 
@@ -20,7 +20,8 @@ def ner_train_features(tokenizer, data: NerFile, labels: Sequence[str], max_len:
     index = {lab: i for i, lab in enumerate(labels)}
     unknown = sorted({t for s in data.sentences for t in s.tags} - set(index))
     if unknown:
-        raise ValueError(f"tags {unknown} are not in the adapter's labels {list(labels)}")
+        raise DataError(f"tags {unknown} are not in the adapter's labels {list(labels)}; train a type "
+                        f"it lacks as O with --drop-types (e.g. --drop-types {unknown[0][2:]})")
     texts, spans = zip(*(join_words(s.tokens) for s in data.sentences), strict=True) if data.sentences else ((), ())
     ys = [[index[t] for t in s.tags] for s in data.sentences]
     return ner_features(tokenizer, texts, spans, ys, max_len)

@@ -47,8 +47,14 @@ def load_model(args):
         raise SystemExit(f"backbone {args.backbone!r} has no tokenizer; training needs a real backbone")
     model = MadxModel(bb.model, bb.name)
     if getattr(args, "backbone_dtype", "fp32") != "fp32":  # training: adapters fp32; eval: --adapter-dtype
-        from ..precision import set_backbone_dtype
+        from ..precision import set_backbone_dtype, slow_precision
 
+        # Run as asked (a recipe's numbers depend on the precision it names), but say what it costs.
+        problem = slow_precision(args.backbone_dtype, "cpu")
+        if problem:
+            print(f"warning: {problem.split(';')[0]}; it runs as asked, several times slower (a recipe's "
+                  f"numbers depend on the precision it names: run it where that precision is native)",
+                  file=sys.stderr)
         set_backbone_dtype(model, args.backbone_dtype, getattr(args, "adapter_dtype", "fp32"))
     return model, bb.tokenizer
 
@@ -273,10 +279,9 @@ def cmd_task(args) -> int:
     dev_info: dict[str, Any] = {}
     evaluate = None
     if args.task == "ner":
-        data = [read_conll(p) for p in args.train]
-        from .data import NerFile
+        from .data import read_ner_files
 
-        merged = NerFile([s for d in data for s in d.sentences], NER_LABELS)
+        merged = read_ner_files(args.train, NER_LABELS, args.drop_types)
         if args.max_examples:
             merged.sentences = merged.sentences[:args.max_examples]
         examples = ner_train_features(tok, merged, NER_LABELS, args.max_len)
@@ -287,7 +292,7 @@ def cmd_task(args) -> int:
             dev_info = {"dev": str(args.dev), "dev_sentences": len(dev_data.sentences), "metric": "entity F1"}
 
             def evaluate() -> float:
-                return evaluate_ner(model, tok, stack, dev_data, 256)["f1"]
+                return evaluate_ner(model, tok, stack, dev_data, 256, args.drop_types)["f1"]
     else:
         qa = []
         excluded = [q for p in args.exclude_squad for q in read_squad(p)]
