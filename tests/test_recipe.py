@@ -4,6 +4,7 @@ tiny test backbone, a second run that does nothing, and the ways a recipe and a 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,22 @@ def run(recipe: Path, store: Path, *more: str) -> int:
     return main(["recipe", str(recipe), "--out", str(store), "--no-progress", *more])
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The default tiny recipe's store, built once per module (tests that start from it copy it)."""
+    d = tmp_path_factory.mktemp("built")
+    assert run(write(d, tiny_recipe()), d / "store") == 0
+    return d / "store"
+
+
+def built_copy(built: Path, tmp_path: Path) -> Path:
+    """A copy of the built store in this test's folder; the recipe finds every step of it done."""
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    assert run(write(tmp_path, tiny_recipe()), store) == 0
+    return store
+
+
 def mtimes(store: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
 
@@ -91,14 +108,13 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_second_run_does_nothing(tmp_path, c
     assert "step 1 (mlm-head _mlm_head) is not done (todo); run the recipe first" in capsys.readouterr().err
 
 
-def test_a_language_the_evidence_routes_keeps_its_detector_profile_when_its_adapter_is_left_out(tmp_path, capsys):
+def test_a_language_the_evidence_routes_keeps_its_detector_profile_when_its_adapter_is_left_out(tmp_path, capsys, built):
     from madx.backbone import load_backbone
     from madx.langid import load_profiles
     from madx.model import MadxModel
     from madx.train.ship import ship
 
-    recipe, store = write(tmp_path, tiny_recipe()), tmp_path / "store"
-    assert run(recipe, store) == 0
+    store = built_copy(built, tmp_path)
     bb = load_backbone(TINY)
     ship(MadxModel(bb.model, bb.name), store, tmp_path / "sw-only", ["sw"], {"ner": "ner-madx", "ner-alone": "ner-alone"})
     m = read_manifest(tmp_path / "sw-only")
@@ -146,9 +162,8 @@ def test_dry_run_and_budget_change_nothing(tmp_path, capsys):
     assert not (store / "manifest.json").exists()
 
 
-def test_a_step_made_differently_is_refused_and_new_adapters_re_measure_the_evidence(tmp_path, capsys):
-    store = tmp_path / "store"
-    assert run(write(tmp_path, tiny_recipe()), store) == 0
+def test_a_step_made_differently_is_refused_and_new_adapters_re_measure_the_evidence(tmp_path, capsys, built):
+    store = built_copy(built, tmp_path)
     capsys.readouterr()
     # a trained adapter the recipe now describes differently: an error naming the option, nothing overwritten
     before = mtimes(store)
@@ -327,9 +342,8 @@ def test_evaluating_an_adapter_the_store_lacks_is_one_line_not_a_traceback(tmp_p
     assert rc == 2 and err.startswith(f"error: adapter store '{store}' has no adapters") and err.count("\n") == 1
 
 
-def test_evidence_measures_a_language_named_twice_on_both_of_its_dev_sets(tmp_path, capsys):
-    store = tmp_path / "store"
-    assert run(write(tmp_path, tiny_recipe()), store) == 0
+def test_evidence_measures_a_language_named_twice_on_both_of_its_dev_sets(tmp_path, capsys, built):
+    store = built_copy(built, tmp_path)
     news = tmp_path / "masakhaner2" / "yor" / "dev.txt"
     news.parent.mkdir(parents=True)
     news.write_text(Path(NER).read_text())
